@@ -1,0 +1,1 @@
+"""ADM / ADM-G ("Diffusion Models Beat GANs on Image Synthesis"): models, diffusion, training and sampling."""

@@ -1,0 +1,124 @@
+"""Loading model checkpoints, with errors that say which flag does not fit the file.
+
+A state dict's keys and shapes reveal most architecture flags (width, learned sigma, classes,
+AdaGN, BigGAN resampling, blocks, attention placement, classifier pool). When a checkpoint does
+not fit the model built from the command line, we compare what each reveals and name the flags.
+"""
+
+import re
+
+import blobfile as bf
+import torch as th
+
+from . import dist_util
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's keys or shapes do not fit the model built from the flags."""
+
+
+def read_state_dict(path):
+    """Read a state dict (read once, shared across ranks) with torch.load(weights_only=True)."""
+    if not bf.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist: check the path given to --model_path / --classifier_path")
+    state_dict = dist_util.load_state_dict(path, map_location="cpu")
+    if not isinstance(state_dict, dict) or not all(isinstance(v, th.Tensor) for v in state_dict.values()):
+        raise CheckpointMismatchError(
+            f"{path!r} is not a model state dict (a mapping of parameter names to tensors); "
+            "pass a modelNNNNNN.pt or ema_RATE_NNNNNN.pt file, not an optimizer or trainer state file"
+        )
+    return state_dict
+
+
+def load_checkpoint(model, path):
+    """Load `path` into `model` strictly; raise CheckpointMismatchError naming the likely wrong flags."""
+    state_dict = read_state_dict(path)
+    check_state_dict_fits(model, state_dict, source=path)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def check_state_dict_fits(model, state_dict, source="checkpoint"):
+    """Raise CheckpointMismatchError if state_dict's keys or shapes differ from model's."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and expected[k] != found[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    lines = [f"{source} does not fit the model built from these flags:"]
+    if missing:
+        lines.append(f"  {len(missing)} keys missing from the checkpoint, first: {', '.join(missing[:3])}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint, first: {', '.join(unexpected[:3])}")
+    for k in reshaped[:3]:
+        lines.append(f"  {k}: checkpoint {list(found[k])}, model {list(expected[k])}")
+    if len(reshaped) > 3:
+        lines.append(f"  ... {len(reshaped)} shape mismatches in all")
+    hints = flag_hints(infer_architecture(found), infer_architecture(expected))
+    if hints:
+        lines.append("Most likely differing flags (checkpoint vs your flags):")
+        lines += [f"  {h}" for h in hints]
+    lines.append("For a released checkpoint, --preset NAME sets its exact flags (see README).")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def infer_architecture(shapes):
+    """What a state dict's {key: shape} reveals about the flags that built it (None: not visible)."""
+    arch = {}
+    if "time_embed.0.weight" in shapes:
+        arch["num_channels"] = shapes["time_embed.0.weight"][1]
+    if "input_blocks.0.0.weight" in shapes:
+        arch["in_channels"] = shapes["input_blocks.0.0.weight"][1]
+    if "out.2.weight" in shapes and len(shapes["out.2.weight"]) == 4:
+        arch["out_channels"] = shapes["out.2.weight"][0]
+    arch["num_classes"] = shapes["label_emb.weight"][0] if "label_emb.weight" in shapes else None
+    emb = shapes.get("input_blocks.1.0.emb_layers.1.weight")
+    norm = shapes.get("input_blocks.1.0.out_layers.0.weight")
+    if emb and norm:
+        arch["use_scale_shift_norm"] = emb[0] == 2 * norm[0]
+    arch["resampling_convs"] = any(re.search(r"\.(op|conv)\.weight$", k) for k in shapes)
+    blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"input_blocks\.(\d+)\.", k))}
+    arch["input_blocks"] = len(blocks)
+    arch["attention_blocks"] = sorted(k.rsplit(".qkv", 1)[0] for k in shapes if k.endswith(".qkv.weight"))
+    is_classifier = not any(k.startswith("output_blocks.") for k in shapes)
+    arch["classifier_pool"] = _pool_of(shapes) if is_classifier else None
+    return arch
+
+
+def _pool_of(shapes):
+    """The classifier head a state dict holds: attention, adaptive, spatial or spatial_v2."""
+    if "out.2.positional_embedding" in shapes:
+        return "attention"
+    if "out.3.weight" in shapes and len(shapes["out.3.weight"]) == 4:
+        return "adaptive"
+    return "spatial_v2" if "out.3.weight" in shapes else "spatial"
+
+
+_HINTS = {
+    "num_channels": lambda c, m: f"--num_channels (or --classifier_width): checkpoint {c}, flags {m}",
+    "in_channels": lambda c, m: (
+        f"input channels: checkpoint {c}, model {m} "
+        "(6 means a super-resolution model: use super_res_sample.py / super_res_train.py)"
+    ),
+    "out_channels": lambda c, m: f"--learn_sigma: the checkpoint outputs {c} channels, the model {m} (6 = learned sigma)",
+    "num_classes": lambda c, m: (
+        f"--class_cond / --num_classes: checkpoint {'has no class embedding' if c is None else f'has {c} classes'}, "
+        f"model {'has none' if m is None else f'has {m}'}"
+    ),
+    "use_scale_shift_norm": lambda c, m: f"--use_scale_shift_norm: checkpoint {c}, flags {m}",
+    "resampling_convs": lambda c, m: f"--resblock_updown: checkpoint {not c}, flags {not m}",
+    "input_blocks": lambda c, m: (
+        f"--num_res_blocks / --channel_mult / --image_size: checkpoint has {c} input blocks, model {m}"
+    ),
+    "attention_blocks": lambda c, m: (
+        f"--attention_resolutions: checkpoint has attention in {len(c)} blocks, model in {len(m)}"
+    ),
+    "classifier_pool": lambda c, m: f"--classifier_pool: checkpoint {c}, flags {m}",
+}
+
+
+def flag_hints(found, expected):
+    """Human-readable lines for each inferred property that differs."""
+    return [_HINTS[k](found.get(k), expected.get(k)) for k in _HINTS if found.get(k) != expected.get(k)]

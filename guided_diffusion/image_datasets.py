@@ -1,0 +1,236 @@
+"""Image folders as an endless stream of training batches, as the release's `load_data` yields them.
+
+Files: .jpg/.jpeg/.png/.gif anywhere under data_dir; the class of a file is its name up to the first "_"
+(labels are indices into the sorted class names). Each rank reads its own shard of the sorted file list.
+The stream is resumable: `state_dict()` records the position (epoch, batch), and random crops/flips are
+drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run sees the same batches.
+"""
+
+import math
+import warnings
+
+import blobfile as bf
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import dist_util
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
+
+
+def list_image_files(data_dir):
+    """Sorted paths of every image file under `data_dir` (recursive); clear errors for bad dirs."""
+    if not data_dir:
+        raise ValueError("unspecified data directory: pass --data_dir DIR (a folder of images)")
+    if not bf.isdir(data_dir):
+        raise FileNotFoundError(f"data directory {data_dir!r} does not exist or is not a directory")
+    files = _list_recursively(data_dir)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {data_dir!r}")
+    return files
+
+
+def _list_recursively(data_dir):
+    results = []
+    for entry in sorted(bf.listdir(data_dir)):
+        path = bf.join(data_dir, entry)
+        ext = entry.split(".")[-1].lower() if "." in entry else ""
+        if ext in IMAGE_EXTENSIONS:
+            results.append(path)
+        elif bf.isdir(path):
+            results.extend(_list_recursively(path))
+    return results
+
+
+def class_name_of(path):
+    """The class of an image file: its base name up to the first "_"."""
+    return bf.basename(path).split("_")[0]
+
+
+def class_names_of(files):
+    """Sorted distinct class names; a file's label is the index of its class name in this list."""
+    return sorted({class_name_of(p) for p in files})
+
+
+def load_data(*, data_dir, batch_size, image_size, class_cond=False, deterministic=False,
+              random_crop=False, random_flip=True, seed=0, num_workers=1):
+    """An endless iterator of (images [N, 3, image_size, image_size] float32 in [-1, 1], {"y": labels [N]}).
+
+    data_dir:      folder of images (searched recursively).
+    batch_size:    images per batch on this rank (incomplete last batches of an epoch are dropped).
+    class_cond:    include "y" (int64 class index) in the dict; otherwise the dict is empty.
+    deterministic: read the shard in sorted order every epoch instead of a per-epoch shuffle.
+    random_crop:   random-resized crop (smaller side drawn in [image_size, image_size / 0.8]) instead of
+                   the centre crop.
+    random_flip:   flip horizontally with probability 1/2.
+    seed:          seeds the shuffles and augmentations (together with rank, epoch and index).
+    num_workers:   decoding processes (0: decode in this process).
+    The iterator has `class_names`, `skipped_files`, `state_dict()` and `load_state_dict()`.
+    """
+    files = list_image_files(data_dir)
+    class_names = class_names_of(files)
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    shard = files[rank::world]
+    if len(shard) < batch_size:
+        raise ValueError(f"{data_dir!r} gives rank {rank} only {len(shard)} images (of {len(files)} over "
+                         f"{world} ranks), fewer than --batch_size {batch_size}; use a smaller batch size "
+                         f"or more images")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index[class_name_of(p)] for p in shard] if class_cond else None
+    dataset = ImageDataset(image_size, shard, labels, random_crop, random_flip, seed=(seed, rank))
+    return ImageStream(dataset, batch_size, shuffle=not deterministic, seed=(seed, rank),
+                       num_workers=num_workers, class_names=class_names)
+
+
+class ImageDataset(Dataset):
+    """Decodes, crops and flips one image; indexed by (epoch, index) so augmentations are reproducible.
+
+    An unreadable file is replaced by the next readable one of the shard and reported (warning naming
+    it); only a shard with no readable image raises.
+    """
+
+    def __init__(self, resolution, image_paths, classes=None, random_crop=False, random_flip=True,
+                 seed=(0,)):
+        self.resolution, self.paths, self.classes = resolution, image_paths, classes
+        self.random_crop, self.random_flip, self.seed = random_crop, random_flip, tuple(seed)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, idx = key if isinstance(key, tuple) else (0, key)
+        skipped = []
+        for offset in range(len(self.paths)):
+            i = (idx + offset) % len(self.paths)
+            try:
+                pil_image = _read_image(self.paths[i])
+            except Exception as exc:  # noqa: BLE001 (any decoding error means an unusable file)
+                warnings.warn(f"skipping unreadable image {self.paths[i]!r}: {exc}")
+                skipped.append(self.paths[i])
+                continue
+            return self._transform(pil_image, epoch, i) + (tuple(skipped),)
+        raise RuntimeError(f"none of the {len(self.paths)} images of this shard could be read")
+
+    def _transform(self, pil_image, epoch, i):
+        rng = np.random.default_rng(self.seed + (epoch, i))
+        if self.random_crop:
+            arr = random_crop_arr(pil_image, self.resolution, rng=rng)
+        else:
+            arr = center_crop_arr(pil_image, self.resolution)
+        if self.random_flip and rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        arr = arr.astype(np.float32) / 127.5 - 1
+        out = {} if self.classes is None else {"y": np.int64(self.classes[i])}
+        return np.transpose(arr, [2, 0, 1]), out
+
+
+def _read_image(path):
+    with bf.BlobFile(path, "rb") as f:
+        pil_image = Image.open(f)
+        pil_image.load()
+    return pil_image.convert("RGB")
+
+
+def _shrink_then_resize(pil_image, smaller_side):
+    """Halve with BOX filtering while the smaller side is >= 2x the target, then BICUBIC to the target."""
+    while min(*pil_image.size) >= 2 * smaller_side:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = smaller_side / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    return np.array(pil_image)
+
+
+def center_crop_arr(pil_image, image_size):
+    """[image_size, image_size, 3] uint8: the release's resize of the smaller side, then a centre crop."""
+    arr = _shrink_then_resize(pil_image, image_size)
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def random_crop_arr(pil_image, image_size, min_crop_frac=0.8, max_crop_frac=1.0, rng=None):
+    """[image_size, image_size, 3] uint8: resize the smaller side to a random size in
+    [image_size / max_crop_frac, image_size / min_crop_frac], then crop at a random position."""
+    rng = rng if rng is not None else np.random.default_rng()
+    low = math.ceil(image_size / max_crop_frac)
+    high = math.ceil(image_size / min_crop_frac)
+    arr = _shrink_then_resize(pil_image, int(rng.integers(low, high + 1)))
+    top = int(rng.integers(arr.shape[0] - image_size + 1))
+    left = int(rng.integers(arr.shape[1] - image_size + 1))
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def _collate(items):
+    images = th.from_numpy(np.stack([it[0] for it in items]))
+    cond = {k: th.from_numpy(np.stack([it[1][k] for it in items])) for k in items[0][1]}
+    skipped = [p for it in items for p in it[2]]
+    return images, cond, skipped
+
+
+class ImageStream:
+    """Endless, resumable iterator of batches over an ImageDataset (see load_data)."""
+
+    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, class_names):
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.seed, self.num_workers, self.class_names = tuple(seed), num_workers, class_names
+        self.epoch, self.batch_index = 0, 0
+        self.skipped_files = set()
+        self._batches = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._batches is None:
+            self._batches = self._epoch_batches()
+        try:
+            images, cond, skipped = next(self._batches)
+        except StopIteration:
+            self.epoch, self.batch_index = self.epoch + 1, 0
+            self._batches = self._epoch_batches()
+            images, cond, skipped = next(self._batches)
+        self.batch_index += 1
+        self.skipped_files.update(skipped)
+        return images, cond
+
+    def _epoch_batches(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + (self.epoch,)).permutation(n)
+        else:
+            order = np.arange(n)
+        usable = (n // self.batch_size) * self.batch_size
+        keys = [(self.epoch, int(i)) for i in order[self.batch_index * self.batch_size:usable]]
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, drop_last=True,
+                            num_workers=self.num_workers, collate_fn=_collate, generator=th.Generator())
+        return iter(loader)
+
+    def state_dict(self):
+        """The position of the next batch: {"epoch", "batch"}."""
+        return {"epoch": self.epoch, "batch": self.batch_index}
+
+    def load_state_dict(self, state):
+        """Continue from a position saved by state_dict()."""
+        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch"])
+        self._batches = None
+
+
+class LowResConditioned:
+    """Wraps a batch stream and adds model_kwargs["low_res"]: the batch area-downsampled to small_size."""
+
+    def __init__(self, data, small_size):
+        self.data, self.small_size = data, small_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        large_batch, model_kwargs = next(self.data)
+        model_kwargs["low_res"] = F.interpolate(large_batch, self.small_size, mode="area")
+        return large_batch, model_kwargs
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)

@@ -1,0 +1,12 @@
+from setuptools import setup
+
+setup(
+    name="guided-diffusion",
+    version="0.1.0",
+    description="ADM / ADM-G (Diffusion Models Beat GANs on Image Synthesis) in PyTorch: models, training, "
+    "sampling and TensorFlow-free evaluation",
+    packages=["guided_diffusion", "evaluations"],
+    python_requires=">=3.9",
+    install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "tqdm", "blobfile"],
+    extras_require={"mpi": ["mpi4py", "mpich"], "test": ["pytest"]},
+)

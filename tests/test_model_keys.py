@@ -1,0 +1,88 @@
+"""Every released checkpoint's exact state-dict keys and shapes, built from its published flags."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch as th
+
+from guided_diffusion import script_util as su
+from guided_diffusion.presets import PRESETS
+from guided_diffusion.unet import EncoderUNetModel
+
+REFERENCE = Path(__file__).parent / "fixtures" / "reference"
+CONFIGS = sorted(p.stem[len("state_dict_") :] for p in REFERENCE.glob("state_dict_*.json") if "variants" not in p.stem)
+
+
+def load_reference(name):
+    return json.loads((REFERENCE / f"state_dict_{name}.json").read_text())
+
+
+def build_from_argv(model_class, argv):
+    """Parse argv as the matching script does and build the model on the meta device."""
+    if model_class == "UNetModel":
+        defaults, factory = su.model_and_diffusion_defaults(), su.create_model_and_diffusion
+    elif model_class == "SuperResModel":
+        defaults, factory = su.sr_model_and_diffusion_defaults(), su.sr_create_model_and_diffusion
+    else:
+        defaults, factory = su.classifier_and_diffusion_defaults(), su.create_classifier_and_diffusion
+    parser = argparse.ArgumentParser()
+    su.add_dict_to_argparser(parser, defaults)
+    args = su.parse_args(parser, argv)
+    with th.device("meta"):
+        model, _ = factory(**su.args_to_dict(args, defaults.keys()))
+    return model
+
+
+def key_shapes(model):
+    return [(k, list(v.shape)) for k, v in model.state_dict().items()]
+
+
+def expected_key_shapes(ref):
+    return [(e["key"], e["shape"]) for e in ref["state_dict"]]
+
+
+def test_every_released_config_is_covered():
+    assert set(CONFIGS) == set(PRESETS) and len(CONFIGS) == 12
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_released_flags_build_exact_state_dict(name):
+    ref = load_reference(name)
+    model = build_from_argv(ref["model_class"], ref["readme_flags"].split())
+    assert type(model).__name__ == ref["model_class"]
+    assert key_shapes(model) == expected_key_shapes(ref)  # same keys, same shapes, same order
+    assert sum(v.numel() for v in model.state_dict().values()) == ref["total_params"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_preset_builds_exact_state_dict(name):
+    ref = load_reference(name)
+    model = build_from_argv(ref["model_class"], ["--preset", name])
+    assert key_shapes(model) == expected_key_shapes(ref)
+
+
+VARIANTS = json.loads((REFERENCE / "state_dict_variants.json").read_text())["variants"]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_state_dicts(name):
+    variant = VARIANTS[name]
+    factory = {
+        "guided_diffusion.script_util.create_model": su.create_model,
+        "guided_diffusion.script_util.sr_create_model": su.sr_model,
+        "guided_diffusion.unet.EncoderUNetModel": EncoderUNetModel,
+    }[variant["constructor_call"]]
+    with th.device("meta"):
+        model = factory(**variant["kwargs"])
+    assert key_shapes(model) == expected_key_shapes(variant)
+
+
+def test_released_state_dict_loads_strictly():
+    """A state dict with the released keys (here: a tiny variant's, filled) loads with strict=True."""
+    variant = VARIANTS["tiny_unet_resblock_updown"]
+    model = su.create_model(**variant["kwargs"])
+    state = {e["key"]: th.randn(e["shape"]) for e in variant["state_dict"]}
+    model.load_state_dict(state, strict=True)
+    assert th.equal(model.state_dict()["out.2.weight"], state["out.2.weight"])

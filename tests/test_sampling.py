@@ -1,0 +1,258 @@
+"""Unit tests of guided_diffusion/sampling.py: seeds, labels, sharding, gathering, outputs, guidance."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch as th
+from PIL import Image
+
+from guided_diffusion import sampling
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+
+# ----------------------------------------------------------------------------- seeds and shards
+
+
+@pytest.mark.parametrize("num_samples,world_size", [(5, 2), (4, 2), (1, 2), (7, 3), (10, 1)])
+def test_shards_cover_indices_in_order(num_samples, world_size):
+    shards = [sampling.shard_range(num_samples, r, world_size) for r in range(world_size)]
+    assert [i for shard in shards for i in shard] == list(range(num_samples))
+    sizes = [len(shard) for shard in shards]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_noise_depends_only_on_seed_and_index():
+    whole = sampling.SeededBatch(7, range(0, 4))
+    part = sampling.SeededBatch(7, range(2, 3))
+    x = th.zeros(4, 3, 5, 5)
+    first, second = whole.noise_like(x), whole.noise_like(x)
+    assert th.equal(first[2:3], part.noise_like(x[:1]))
+    assert th.equal(second[2:3], part.noise_like(x[:1]))  # streams advance per sample
+    assert not th.equal(first, second)
+    assert not th.equal(first[0], first[1])
+    other_seed = sampling.SeededBatch(8, range(0, 4)).noise_like(x)
+    assert not th.equal(first, other_seed)
+    # standard normal draws
+    big = sampling.SeededBatch(0, range(3)).noise((3, 20000))
+    assert abs(float(big.mean())) < 0.03 and abs(float(big.std()) - 1) < 0.03
+
+
+def test_noise_fn_rejects_a_batch_of_the_wrong_size():
+    with pytest.raises(ValueError, match="3 rows was asked of 2 samples"):
+        sampling.SeededBatch(0, range(2)).noise_like(th.zeros(3, 1))
+
+
+def test_noise_keeps_dtype_and_device():
+    noise = sampling.SeededBatch(0, range(2)).noise_like(th.zeros(2, 3, dtype=th.float64))
+    assert noise.dtype == th.float64 and noise.shape == (2, 3)
+
+
+def test_random_labels_are_per_index_and_in_range():
+    labels = sampling.SeededBatch(3, range(0, 200)).labels(10)
+    assert labels.dtype == th.int64 and labels.min() >= 0 and labels.max() < 10
+    assert len(set(labels.tolist())) == 10
+    assert th.equal(labels[50:60], sampling.SeededBatch(3, range(50, 60)).labels(10))
+    # drawing labels does not disturb the noise stream of the same samples
+    batch = sampling.SeededBatch(3, range(2))
+    batch.labels(10)
+    assert th.equal(batch.noise((2, 4)), sampling.SeededBatch(3, range(2)).noise((2, 4)))
+
+
+def test_requested_labels_cycle_over_indices():
+    labels = sampling.SeededBatch(0, range(3, 8)).labels(10, class_labels=(1, 4))
+    assert labels.tolist() == [4, 1, 4, 1, 4] and labels.dtype == th.int64
+
+
+def test_parse_class_labels():
+    assert sampling.parse_class_labels("", 10) == ()
+    assert sampling.parse_class_labels("3, 7", 10) == (3, 7)
+    with pytest.raises(ValueError, match=r"\[10\] are outside \[0, 10\)"):
+        sampling.parse_class_labels("1,10", 10)
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        sampling.parse_class_labels("cat", 10)
+
+
+def test_resolve_seed():
+    assert sampling.resolve_seed(5) == 5
+    drawn = sampling.resolve_seed(-1)
+    assert drawn >= 0
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_uint8_conversion_truncates_and_clamps():
+    # (x + 1) * 127.5 = 3.9 -> 3 (truncated, not rounded); out of range values clamp
+    x = th.tensor([3.9 / 127.5 - 1, -1.5, 1.2, 0.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    out = sampling.to_uint8_nhwc(x)
+    assert out.dtype == th.uint8 and out.shape == (1, 1, 4, 3)
+    assert out[0, 0, :, 0].tolist() == [3, 0, 255, 127]
+
+
+def test_save_samples_layout(tmp_path):
+    images = np.random.RandomState(0).randint(0, 256, size=(5, 8, 6, 3)).astype(np.uint8)
+    path = sampling.save_samples(str(tmp_path), images, labels=np.array([1, 0, 1, 1, 0]))
+    assert os.path.basename(path) == "samples_5x8x6x3.npz"
+    with np.load(path) as data:
+        assert sorted(data.files) == ["arr_0", "arr_1"]
+        assert np.array_equal(data["arr_0"], images) and data["arr_1"].dtype == np.int64
+    grid = np.asarray(Image.open(tmp_path / "samples_grid.png"))
+    assert grid.shape == (2 * (8 + 2) + 2, 3 * (6 + 2) + 2, 3)  # 5 images: 3 columns, 2 rows
+    assert np.array_equal(grid[2:10, 2:8], images[0])
+    assert np.array_equal(grid[12:20, 10:16], images[4])
+    unlabelled = sampling.save_samples(str(tmp_path), images[:2])
+    with np.load(unlabelled) as data:
+        assert data.files == ["arr_0"]
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+class LinearClassifier(th.nn.Module):
+    """logits = W flatten(x) + b(t): closed-form gradient of its log-softmax."""
+
+    def __init__(self, dim, classes):
+        super().__init__()
+        self.weight = th.nn.Parameter(th.randn(classes, dim))
+        self.seen_t = None
+
+    def forward(self, x, t):
+        self.seen_t = t
+        return x.flatten(1) @ self.weight.T + t[:, None].float()
+
+
+def test_classifier_cond_fn_matches_closed_form():
+    th.manual_seed(0)
+    classifier = LinearClassifier(2 * 3 * 3, 4)
+    x = th.randn(2, 2, 3, 3)
+    t = th.tensor([5, 17])
+    y = th.tensor([3, 0])
+    grad = sampling.classifier_cond_fn(classifier, 2.5)(x, t, y=y, low_res=None)
+    # d/dx log softmax(Wx)[y] = W_y - sum_k p_k W_k
+    with th.no_grad():
+        p = th.softmax(x.flatten(1) @ classifier.weight.T + t[:, None].float(), dim=-1)
+        expected = classifier.weight[y] - p @ classifier.weight
+    assert th.allclose(grad, 2.5 * expected.view_as(x), atol=1e-5)
+    assert th.equal(classifier.seen_t, t)
+    assert not x.requires_grad
+
+
+def test_classifier_cond_fn_needs_labels():
+    with pytest.raises(ValueError, match="target labels"):
+        sampling.classifier_cond_fn(LinearClassifier(4, 2), 1.0)(th.zeros(1, 1, 2, 2), th.zeros(1))
+
+
+# ----------------------------------------------------------------------------- base samples
+
+
+def _write(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_base_samples_round_trip(tmp_path):
+    images = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
+    path = _write(tmp_path / "base.npz", arr_0=images, arr_1=np.array([2, 0, 1], dtype=np.int32))
+    base = sampling.load_base_samples(path, small_size=4, class_cond=True)
+    low_res = base.low_res(range(2, 5))  # index 3 and 4 reuse base samples 0 and 1
+    assert low_res.shape == (3, 3, 4, 4) and low_res.dtype == th.float32
+    assert th.allclose(low_res[1], th.from_numpy(images[0]).permute(2, 0, 1).float() / 127.5 - 1)
+    assert base.labels_for(range(2, 5)).tolist() == [1, 2, 0]
+    assert base.labels_for(range(1)).dtype == th.int64
+    assert sampling.load_base_samples(path, 4, class_cond=False).labels is None
+
+
+@pytest.mark.parametrize(
+    "arrays,class_cond,message",
+    [
+        ({"images": np.zeros((2, 4, 4, 3), np.uint8)}, False, "has no arr_0"),
+        ({"arr_0": np.zeros((2, 8, 8, 3), np.uint8)}, False, r"uint8 \[2, 8, 8, 3\], expected uint8 \[N, 4, 4, 3\]"),
+        ({"arr_0": np.zeros((2, 4, 4), np.uint8)}, False, "check --small_size"),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.float32)}, False, "float32"),
+        ({"arr_0": np.zeros((0, 4, 4, 3), np.uint8)}, False, r"\(N > 0\)"),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.uint8)}, True, "has no arr_1"),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.uint8), "arr_1": np.zeros(3, np.int64)}, True, "arr_1 is int64 \\[3\\]"),
+    ],
+)
+def test_bad_base_samples_are_clear_errors(tmp_path, arrays, class_cond, message):
+    path = _write(tmp_path / "base.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        sampling.load_base_samples(path, small_size=4, class_cond=class_cond)
+
+
+def test_unreadable_base_samples(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="not a readable npz"):
+        sampling.load_base_samples(str(path), 4, False)
+    with pytest.raises(ValueError, match="not a readable npz"):
+        sampling.load_base_samples(str(tmp_path / "missing.npz"), 4, False)
+    with pytest.raises(ValueError, match="--base_samples is required"):
+        sampling.load_base_samples("", 4, False)
+
+
+# ----------------------------------------------------------------------------- all ranks
+
+
+GATHER_SCRIPT = """
+import os, socket, sys
+import numpy as np, torch as th, torch.distributed as dist
+from mpi4py import MPI
+from guided_diffusion import sampling
+
+comm = MPI.COMM_WORLD
+if comm.size > 1:
+    port = None
+    if comm.rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = comm.bcast(port, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=comm.rank, world_size=comm.size)
+
+def sample_batch(batch):
+    # a stand-in sampler: initial noise, one noise_fn step, labels from the per-sample streams
+    x = batch.noise((len(batch), 3, 4, 4))
+    x = 0.5 * x + 0.1 * batch.noise_like(x)
+    return x.clamp(-1, 1), batch.labels(10)
+
+images, labels = sampling.sample_all(sample_batch, int(sys.argv[2]), int(sys.argv[3]), seed=11,
+                                     sample_shape=(3, 4, 4), device="cpu", with_labels=True)
+if images is not None:
+    sampling.save_samples(sys.argv[1], images, labels)
+"""
+
+
+def _run_gather(tmp_path, name, ranks, num_samples, batch_size):
+    out = tmp_path / name
+    out.mkdir()
+    script = tmp_path / "gather.py"
+    script.write_text(textwrap.dedent(GATHER_SCRIPT))
+    command = [sys.executable, str(script), str(out), str(num_samples), str(batch_size)]
+    if ranks > 1:
+        command = [MPIEXEC, "-n", str(ranks)] + command
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    subprocess.run(command, check=True, env=env, timeout=120)
+    with np.load(out / f"samples_{num_samples}x4x4x3.npz") as data:
+        return data["arr_0"], data["arr_1"]
+
+
+def test_gather_is_exact_and_independent_of_ranks_and_batch_size(tmp_path):
+    one_rank = _run_gather(tmp_path, "one", 1, 5, 5)
+    two_ranks = _run_gather(tmp_path, "two", 2, 5, 2)  # shards of 3 and 2, rounds of 2
+    assert one_rank[0].shape == (5, 4, 4, 3) and one_rank[1].shape == (5,)
+    for a, b in zip(one_rank, two_ranks):
+        assert np.array_equal(a, b)
+    assert len(np.unique(one_rank[0].reshape(5, -1), axis=0)) == 5
+    # sample 4 recomputed here from its own stream alone
+    batch = sampling.SeededBatch(11, range(4, 5))
+    x = batch.noise((1, 3, 4, 4))
+    x = (0.5 * x + 0.1 * batch.noise_like(x)).clamp(-1, 1)
+    assert np.array_equal(sampling.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
+    assert one_rank[1][4] == int(batch.labels(10)[0])

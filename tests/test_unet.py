@@ -1,0 +1,195 @@
+"""The networks' outputs checked against explicit computations of the paper's blocks."""
+
+import math
+
+import pytest
+import torch as th
+import torch.nn.functional as F
+
+from guided_diffusion import script_util as su
+from guided_diffusion.nn import timestep_embedding
+from guided_diffusion.unet import AttentionBlock, EncoderUNetModel, QKVAttention, ResBlock, SuperResModel
+
+TINY = dict(
+    image_size=16,
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult="1,2",
+    attention_resolutions="8",
+    num_head_channels=16,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    learn_sigma=True,
+)
+
+
+def randomize(module, seed=0):
+    """Give every parameter random values (zero-initialised layers would hide bugs)."""
+    g = th.Generator().manual_seed(seed)
+    with th.no_grad():
+        for p in module.parameters():
+            p.copy_(th.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+def explicit_attention(x, block, heads, order):
+    """x + proj_out(softmax(q^T k / sqrt(d)) v), written out head by head in float64."""
+    b, c, hh, ww = x.shape
+    xf = x.reshape(b, c, -1).double()
+    normed = F.group_norm(xf, 32, block.norm.weight.double(), block.norm.bias.double(), eps=1e-5)
+    qkv = th.einsum("oc,bct->bot", block.qkv.weight[:, :, 0].double(), normed) + block.qkv.bias.double()[:, None]
+    d = c // heads
+    out = []
+    for head in range(heads):
+        if order == "legacy":  # [head][q|k|v][d]
+            base = head * 3 * d
+            q, k, v = (qkv[:, base + i * d : base + (i + 1) * d] for i in range(3))
+        else:  # [q|k|v][head][d]
+            q, k, v = (qkv[:, i * c + head * d : i * c + (head + 1) * d] for i in range(3))
+        w = th.softmax(th.einsum("bdt,bds->bts", q, k) / math.sqrt(d), dim=-1)
+        out.append(th.einsum("bts,bds->bdt", w, v))
+    a = th.cat(out, dim=1)
+    h = th.einsum("oc,bct->bot", block.proj_out.weight[:, :, 0].double(), a) + block.proj_out.bias.double()[:, None]
+    return (xf + h).reshape(b, c, hh, ww)
+
+
+@pytest.mark.parametrize("new_order", [False, True])
+@pytest.mark.parametrize("impl", ["math", "sdpa"])
+def test_attention_block_matches_explicit_form(new_order, impl):
+    th.manual_seed(0)
+    block = randomize(AttentionBlock(64, num_head_channels=16, use_new_attention_order=new_order, attention_impl=impl))
+    x = th.randn(2, 64, 4, 4)
+    expected = explicit_attention(x, block, heads=4, order="new" if new_order else "legacy")
+    assert th.allclose(block(x).double(), expected, atol=1e-5)
+
+
+def test_attention_orders_differ():
+    """The orders change no key, so a wrong use_new_attention_order must at least change outputs."""
+    legacy, new = QKVAttention(4, "legacy"), QKVAttention(4, "new")
+    qkv = th.randn(2, 3 * 64, 10)
+    assert not th.allclose(legacy(qkv), new(qkv), atol=1e-3)
+
+
+@pytest.mark.parametrize("order", ["legacy", "new"])
+def test_sdpa_equals_math(order):
+    qkv = th.randn(3, 3 * 4 * 32, 50)
+    assert th.allclose(QKVAttention(4, order, "sdpa")(qkv), QKVAttention(4, order, "math")(qkv), atol=1e-5)
+
+
+def test_resblock_adagn_matches_explicit_form():
+    block = randomize(ResBlock(32, 64, dropout=0.0, out_channels=64, use_scale_shift_norm=True))
+    x, emb = th.randn(2, 32, 8, 8), th.randn(2, 64)
+    norm = lambda t, layer: F.group_norm(t, 32, layer.weight, layer.bias)  # noqa: E731
+    h = F.conv2d(F.silu(norm(x, block.in_layers[0])), block.in_layers[2].weight, block.in_layers[2].bias, padding=1)
+    scale, shift = (F.silu(emb) @ block.emb_layers[1].weight.T + block.emb_layers[1].bias).chunk(2, dim=1)
+    h = norm(h, block.out_layers[0]) * (1 + scale[..., None, None]) + shift[..., None, None]
+    h = F.conv2d(F.silu(h), block.out_layers[3].weight, block.out_layers[3].bias, padding=1)
+    skip = F.conv2d(x, block.skip_connection.weight, block.skip_connection.bias)
+    assert th.allclose(block(x, emb), skip + h, atol=1e-5)
+
+
+def test_resblock_rescale_divides_by_sqrt2():
+    plain = randomize(ResBlock(32, 64, dropout=0.0, use_scale_shift_norm=False))
+    rescaled = ResBlock(32, 64, dropout=0.0, use_scale_shift_norm=False, rescale=True)
+    rescaled.load_state_dict(plain.state_dict())
+    x, emb = th.randn(2, 32, 8, 8), th.randn(2, 64)
+    assert th.allclose(rescaled(x, emb) * math.sqrt(2), plain(x, emb), atol=1e-5)
+
+
+def test_timestep_embedding_closed_form():
+    t = th.tensor([0.0, 3.0, 999.0])
+    emb = timestep_embedding(t, 8)
+    freqs = th.tensor([math.exp(-math.log(10000) * i / 4) for i in range(4)])
+    expected = th.cat([th.cos(t[:, None] * freqs), th.sin(t[:, None] * freqs)], dim=1)
+    assert th.allclose(emb, expected, atol=2e-4)  # float32 arguments up to 999 rad
+    assert timestep_embedding(t, 9).shape == (3, 9)
+
+
+def tiny_unet(**overrides):
+    flags = dict(TINY, class_cond=True, num_classes=10)
+    flags.update(overrides)
+    return randomize(su.create_model(**flags)).eval()
+
+
+def test_unet_forward_is_deterministic_and_shaped():
+    model = tiny_unet(dropout=0.1)
+    x, t, y = th.randn(3, 3, 16, 16), th.tensor([1, 500, 999]), th.tensor([0, 3, 9])
+    out = model(x, t, y=y)
+    assert out.shape == (3, 6, 16, 16) and th.isfinite(out).all()
+    assert th.equal(out, model(x, t, y=y))
+    assert not th.allclose(out, model(x, t, y=th.tensor([1, 3, 9])))  # the label matters
+
+
+def test_fresh_unet_outputs_zero():
+    """The output conv is zero-initialised, as released."""
+    model = su.create_model(**TINY)
+    assert th.count_nonzero(model(th.randn(2, 3, 16, 16), th.tensor([3, 4]))) == 0
+
+
+def test_class_labels_required_exactly_for_class_conditional():
+    with pytest.raises(ValueError, match="class labels"):
+        tiny_unet()(th.randn(1, 3, 16, 16), th.tensor([1]))
+    with pytest.raises(ValueError, match="class labels"):
+        tiny_unet(class_cond=False)(th.randn(1, 3, 16, 16), th.tensor([1]), y=th.tensor([0]))
+
+
+def test_use_checkpoint_gives_same_gradients():
+    x, t, y = th.randn(2, 3, 16, 16), th.tensor([5, 50]), th.tensor([1, 2])
+    grads = []
+    for flag in (False, True):
+        model = tiny_unet(use_checkpoint=flag).train()
+        model(x, t, y=y).square().mean().backward()
+        grads.append(th.cat([p.grad.flatten() for p in model.parameters()]))
+    assert th.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_fp16_conversion_matches_release_layout():
+    model = tiny_unet(use_fp16=True)
+    model.convert_to_fp16()
+    assert model.input_blocks[1][0].in_layers[2].weight.dtype == th.float16  # torso convs
+    assert model.input_blocks[3][1].qkv.weight.dtype == th.float16  # attention 1x1 convs too
+    assert model.input_blocks[1][0].in_layers[0].weight.dtype == th.float32  # norms stay fp32
+    assert model.input_blocks[1][0].emb_layers[1].weight.dtype == th.float32  # linears stay fp32
+    assert model.out[2].weight.dtype == th.float32 and model.time_embed[0].weight.dtype == th.float32
+    model.convert_to_fp32()
+    assert all(p.dtype == th.float32 for p in model.parameters())
+
+
+def test_fractional_channel_mult_and_missing_default():
+    assert su.parse_channel_mult("0.5,1,1,2", 512) == (0.5, 1, 1, 2)
+    assert su.parse_channel_mult("", 512) == (0.5, 1, 1, 2, 2, 4, 4)
+    with pytest.raises(ValueError, match="--channel_mult"):
+        su.create_model(image_size=48, num_channels=32, num_res_blocks=1)
+    model = su.create_model(image_size=16, num_channels=64, num_res_blocks=1, channel_mult="0.5,1", attention_resolutions="")
+    assert model.input_blocks[0][0].weight.shape[0] == 32
+
+
+def test_super_res_model_uses_low_res():
+    model = randomize(
+        su.sr_model(
+            large_size=64, small_size=32, num_channels=32, num_res_blocks=1, learn_sigma=False, class_cond=False,
+            use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
+            num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0, resblock_updown=False, use_fp16=False,
+        )  # fmt: skip
+    ).eval()
+    x, t = th.randn(1, 3, 64, 64), th.tensor([10])
+    low = th.randn(1, 3, 32, 32)
+    out = model(x, t, low_res=low)
+    assert out.shape == (1, 3, 64, 64)
+    assert not th.allclose(out, model(x, t, low_res=low + 1))
+    with pytest.raises(ValueError, match="low_res"):
+        model(x, t)
+    assert isinstance(model, SuperResModel)
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
+def test_classifier_pools(pool):
+    model = randomize(
+        EncoderUNetModel(
+            image_size=16, in_channels=3, model_channels=32, out_channels=5, num_res_blocks=1,
+            attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=32,
+            use_scale_shift_norm=True, resblock_updown=True, pool=pool,
+        )  # fmt: skip
+    ).eval()
+    logits = model(th.randn(4, 3, 16, 16), th.tensor([0, 1, 2, 3]))
+    assert logits.shape == (4, 5) and th.isfinite(logits).all()
