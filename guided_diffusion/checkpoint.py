@@ -7,7 +7,6 @@ not fit the model built from the command line, we compare what each reveals and 
 
 import re
 
-import blobfile as bf
 import torch as th
 
 from . import dist_util
@@ -19,8 +18,6 @@ class CheckpointMismatchError(RuntimeError):
 
 def read_state_dict(path):
     """Read a state dict (read once, shared across ranks) with torch.load(weights_only=True)."""
-    if not bf.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist: check the path given to --model_path / --classifier_path")
     state_dict = dist_util.load_state_dict(path, map_location="cpu")
     if not isinstance(state_dict, dict) or not all(isinstance(v, th.Tensor) for v in state_dict.values()):
         raise CheckpointMismatchError(
