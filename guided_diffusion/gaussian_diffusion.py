@@ -399,7 +399,7 @@ class GaussianDiffusion:
     def _sample_loop_progressive(self, step, model, shape, noise, device, progress, noise_fn):
         """The reverse-time loop shared by every sampler: step(model, x_t, t) -> {"sample": ...}."""
         if device is None:
-            device = next(model.parameters()).device
+            device = _default_device(model, noise)
         if not isinstance(shape, (tuple, list)):
             raise TypeError(f"shape must be a tuple or list like (N, C, H, W), got {shape!r}")
         img = noise if noise is not None else noise_fn(th.empty(shape, device=device))
@@ -498,7 +498,8 @@ class GaussianDiffusion:
         """The whole variational bound of x_start [N, ...] in bits per dimension, plus diagnostics.
 
         Returns a dict: "total_bpd" [N] (= prior_bpd + vb.sum(1)), "prior_bpd" [N], and per timestep
-        [N, T]: "vb" (the bound's terms), "xstart_mse", "mse" (of the implied eps).
+        [N, T]: "vb" (the bound's terms), "xstart_mse", "mse" (of the implied eps). As in the release,
+        column j of these holds timestep T - 1 - j.
         """
         device = x_start.device
         batch_size = x_start.shape[0]
@@ -538,6 +539,16 @@ def _check_learned_sigma_output(model_output, x):
             f"a learned variance needs a model output of shape {(B, C * 2, *x.shape[2:])} (mean and "
             f"variance channels), got {tuple(model_output.shape)}: build the model with --learn_sigma True"
         )
+
+
+def _default_device(model, noise):
+    """The device of the given x_T, else of the model's parameters."""
+    if noise is not None:
+        return noise.device
+    if isinstance(model, th.nn.Module):
+        for param in model.parameters():
+            return param.device
+    raise ValueError("cannot infer the sampling device from this model: pass device=... (e.g. 'cuda')")
 
 
 def _nonzero_mask(t, x):

@@ -117,18 +117,17 @@ def _rank():
 
 
 def _mean_over_ranks(sums, counts):
-    """{key: mean} where each rank contributes sum/count for the keys it logged."""
-    local = {k: (float(_to_number(sums[k])), counts[k]) for k in sums}
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return {k: s / c for k, (s, c) in local.items()}
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    total = {}
-    for part in gathered:
-        for k, (s, c) in part.items():
-            ts, tc = total.get(k, (0.0, 0))
-            total[k] = (ts + s, tc + c)
-    return {k: s / c for k, (s, c) in total.items()}
+    """{key: mean} pooled over ranks (each contributes its sum and count); keys never counted are left out."""
+    total = {k: (float(_to_number(sums[k])), float(_to_number(counts[k]))) for k in sums}
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, total)
+        total = {}
+        for part in gathered:
+            for k, (s, c) in part.items():
+                ts, tc = total.get(k, (0.0, 0.0))
+                total[k] = (ts + s, tc + c)
+    return {k: s / c for k, (s, c) in total.items() if c > 0}
 
 
 def _default_dir():

@@ -140,7 +140,7 @@ def to_uint8_nhwc(x):
     return ((x + 1) * 127.5).clamp(0, 255).to(th.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _all_gather_rows(rows, max_rows):
+def all_gather_rows(rows, max_rows):
     """rows: [n <= max_rows, ...] on this rank -> list over ranks of each rank's rows."""
     if rank_and_world_size()[1] == 1:
         return [rows]
@@ -180,11 +180,11 @@ def sample_all(
         if len(indices):
             x, labels = sample_batch(SeededBatch(seed, indices))
             images = to_uint8_nhwc(x)
-        for i, block in enumerate(_all_gather_rows(images, batch_size)):
+        for i, block in enumerate(all_gather_rows(images, batch_size)):
             per_rank[i].append(block.cpu())
         if with_labels:
             labels = labels.to(device=device, dtype=th.int64)
-            for i, block in enumerate(_all_gather_rows(labels, batch_size)):
+            for i, block in enumerate(all_gather_rows(labels, batch_size)):
                 per_rank_labels[i].append(block.cpu())
         if bar is not None:
             bar.update(len(indices))

@@ -1,0 +1,507 @@
+"""Training loops: `TrainLoop` for the diffusion models (image_train, super_res_train) and
+`ClassifierTrainLoop` for the noisy-image classifier (classifier_train).
+
+Both share one base: micro-batches (DDP gradient sync only on the last), fp16 with fp32 master weights
+or bf16 autocast, AdamW, logging every log_interval steps, checkpoints every save_interval steps, exact
+resume (see train_state), a final checkpoint on SIGINT/SIGTERM, and a clear stop after too many
+consecutive skipped (non-finite) steps. `step` always counts completed training steps.
+"""
+
+import contextlib
+import copy
+import functools
+import random
+import signal
+import threading
+
+import blobfile as bf
+import numpy as np
+import torch as th
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel.distributed import DistributedDataParallel as DDP
+from torch.optim import AdamW
+
+from . import dist_util, logger, train_state
+from .checkpoint import load_checkpoint
+from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
+from .resample import LossAwareSampler, UniformSampler
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot continue (e.g. every recent step had a non-finite loss or gradient)."""
+
+
+def seed_all(seed):
+    """Seed python, numpy and torch with seed + rank (ranks draw different noise and timesteps)."""
+    seed = seed + dist_util.get_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    th.manual_seed(seed)
+
+
+class _LoopBase:
+    """Optimisation, checkpoints, resume and stopping shared by the diffusion and classifier loops.
+
+    Subclasses implement forward_backward(batch, cond) and may extend after_step() and the saved files.
+    """
+
+    initial_lg_loss_scale = 20.0
+
+    def __init__(self, *, model, data, batch_size, microbatch, lr, weight_decay, log_interval, save_interval,
+                 resume_checkpoint, use_fp16, fp16_scale_growth, schedule_sampler, ema_rate="",
+                 use_bf16=False, init_checkpoint="", max_steps=0, max_skipped_steps=100, run_config=None):
+        if use_fp16 and use_bf16:
+            raise ValueError("choose one of --use_fp16 True (fp16 weights, loss scaling) and --use_bf16 True")
+        self.model, self.data = model, data
+        self.batch_size = batch_size
+        self.microbatch = microbatch if microbatch > 0 else batch_size
+        self.lr, self.weight_decay = lr, weight_decay
+        self.log_interval, self.save_interval = log_interval, save_interval
+        self.ema_rate = parse_ema_rates(ema_rate)
+        self.use_bf16, self.max_steps, self.max_skipped_steps = use_bf16, max_steps, max_skipped_steps
+        self.run_config = run_config
+        self.global_batch = batch_size * dist_util.get_world_size()
+        self.log_dir = logger.get_dir()
+
+        resume = _ResumeFiles(resume_checkpoint) if resume_checkpoint else None
+        self.step = resume.step if resume else 0
+        self._check_run_config(resume)
+        train_state.check_log_dir_is_free(self.log_dir, self.step, resume.dir if resume else None)
+        if init_checkpoint:
+            logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
+            load_checkpoint(model, init_checkpoint)
+        if resume:
+            logger.log(f"resuming from {resume.model_path} at step {self.step}")
+            load_checkpoint(model, resume.model_path)
+        dist_util.sync_params(model.parameters())
+
+        self.mp_trainer = MixedPrecisionTrainer(model=model, use_fp16=use_fp16, fp16_scale_growth=fp16_scale_growth,
+                                                initial_lg_loss_scale=self.initial_lg_loss_scale)
+        self.schedule_sampler = schedule_sampler
+        self.opt = AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.ema_params = [self._load_ema(resume, rate) for rate in self.ema_rate]
+        if resume:
+            self._load_optimizer(resume)
+        self.ddp_model = self._wrap_ddp(model)
+        self._skipped_in_a_row = 0
+        self._last_saved_step = self.step
+        self._write_run_config()
+        if resume:
+            self._load_train_state(resume)
+
+    # ----- set-up helpers -----
+
+    def _wrap_ddp(self, model):
+        if dist_util.get_world_size() == 1:
+            return model
+        device_ids = [dist_util.dev()] if th.cuda.is_available() else None
+        return DDP(model, device_ids=device_ids, output_device=device_ids[0] if device_ids else None,
+                   broadcast_buffers=False, bucket_cap_mb=128, find_unused_parameters=False)
+
+    def _load_ema(self, resume, rate):
+        path = resume.ema_path(rate) if resume else None
+        if path is None:
+            if resume:
+                logger.warn(f"no EMA file for rate {rate} beside {resume.model_path}: EMA starts from the model")
+            return copy.deepcopy([p.detach() for p in self.mp_trainer.master_params])
+        state_dict = dist_util.load_state_dict(path, map_location=dist_util.dev())
+        return [p.detach().clone() for p in self.mp_trainer.state_dict_to_master_params(state_dict)]
+
+    def _load_optimizer(self, resume):
+        if resume.opt_path is None:
+            logger.warn(f"no {train_state.opt_filename(resume.step)} beside the checkpoint: fresh optimizer state")
+            return
+        state = dist_util.load_state_dict(resume.opt_path, map_location=dist_util.dev())
+        try:
+            self.opt.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{resume.opt_path} does not fit this model's optimizer ({exc}); was it saved "
+                             f"with another --use_fp16 or model flags?") from exc
+
+    def _load_train_state(self, resume):
+        """Loss scale, sampler state, and this rank's RNG states and data position."""
+        if resume.state_path is None:
+            logger.warn(f"no {train_state.state_filename(resume.step)} beside the checkpoint (a release "
+                        f"checkpoint?): loss scale, RNG and data order restart, so the resume is not exact")
+            return
+        state = dist_util.load_state_dict(resume.state_path)
+        self.mp_trainer.load_state_dict(state["trainer"])
+        if self.schedule_sampler is not None:
+            self.schedule_sampler.load_state_dict(state["sampler"])
+        per_rank = state["ranks"]
+        if len(per_rank) != dist_util.get_world_size():
+            logger.warn(f"checkpoint saved by {len(per_rank)} ranks, resumed on {dist_util.get_world_size()}: "
+                        f"RNG and data positions restart")
+            return
+        mine = per_rank[dist_util.get_rank()]
+        for name, stream in self._data_streams().items():
+            if hasattr(stream, "load_state_dict") and name in mine["data"]:
+                stream.load_state_dict(mine["data"][name])
+        train_state.set_rng_state(mine["rng"])
+
+    def _check_run_config(self, resume):
+        if resume is None or self.run_config is None:
+            return
+        saved = train_state.read_config(resume.dir)
+        if saved is None:
+            logger.warn(f"no {train_state.CONFIG_NAME} beside {resume.model_path}: flags not checked")
+            return
+        train_state.check_config_matches(saved, self.run_config, resume.model_path)
+
+    def _write_run_config(self):
+        if self.run_config is not None and dist_util.get_rank() == 0:
+            train_state.write_json_atomically(self.run_config, bf.join(self.log_dir, train_state.CONFIG_NAME))
+
+    def _data_streams(self):
+        """Named batch streams whose positions are saved for an exact resume."""
+        return {"train": self.data}
+
+    # ----- the loop -----
+
+    def run_loop(self):
+        """Train until max_steps / the anneal end (or forever), or until SIGINT/SIGTERM; then save."""
+        with _StopSignals() as stop:
+            while not self._finished():
+                batch, cond = next(self.data)
+                self.run_step(batch, cond)
+                if self.step % self.log_interval == 0:
+                    self.log_step()
+                    logger.dumpkvs()
+                if self.step % self.save_interval == 0:
+                    self.save()
+                if stop.agreed():
+                    logger.log(f"received {stop.name}: saving step {self.step} and stopping")
+                    break
+        self.save()
+
+    def _finished(self):
+        return bool(self.max_steps) and self.step >= self.max_steps
+
+    def run_step(self, batch, cond):
+        """One optimisation step on a batch (split into micro-batches)."""
+        self.set_lr()
+        self.forward_backward(batch, cond)
+        took_step = self.mp_trainer.optimize(self.opt)
+        self.step += 1
+        if took_step:
+            self._skipped_in_a_row = 0
+            self._update_ema()
+        else:
+            self._count_skip()
+        self.after_step()
+
+    def set_lr(self):
+        """Subclasses anneal the learning rate here."""
+
+    def after_step(self):
+        """Subclasses evaluate here."""
+
+    def micro_batches(self, batch, cond):
+        """Yield (micro [n, ...] on dev, micro_cond, is_last) slices of size microbatch."""
+        for i in range(0, batch.shape[0], self.microbatch):
+            micro = batch[i:i + self.microbatch].to(dist_util.dev())
+            micro_cond = {k: v[i:i + self.microbatch].to(dist_util.dev()) for k, v in cond.items()}
+            yield micro, micro_cond, i + self.microbatch >= batch.shape[0]
+
+    def forward(self, is_last, fn):
+        """Run fn() under bf16 autocast when enabled and without DDP gradient sync unless is_last."""
+        sync = is_last or self.ddp_model is self.model
+        with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()), \
+                th.autocast(device_type=dist_util.dev().type, dtype=th.bfloat16, enabled=self.use_bf16):
+            return fn()
+
+    def _update_ema(self):
+        source = [p.detach() for p in self.mp_trainer.master_params]
+        for rate, params in zip(self.ema_rate, self.ema_params):
+            update_ema(params, source, rate=rate)
+
+    def _count_skip(self):
+        self._skipped_in_a_row += 1
+        reason = self.mp_trainer.last_status
+        logger.logkv_mean("skipped_steps", 1.0)
+        if reason == NONFINITE_LOSS:
+            logger.log(f"step {self.step}: the loss is not finite (not a gradient overflow); step skipped")
+        if self._skipped_in_a_row >= self.max_skipped_steps:
+            last = self._last_saved_step
+            raise TrainingStopped(
+                f"{self._skipped_in_a_row} consecutive steps were skipped (last reason: {reason}, "
+                f"lg_loss_scale {self.mp_trainer.lg_loss_scale:.3f}); stopping without saving. The last good "
+                f"checkpoint is step {last} in {self.log_dir}. Lower --lr, check the data, or train with "
+                f"--use_fp16 False / --use_bf16 True."
+            )
+
+    def log_step(self):
+        logger.logkv("step", self.step)
+        logger.logkv("samples", self.step * self.global_batch)
+        skipped = getattr(self.data, "skipped_files", ())
+        if skipped:
+            logger.logkv("skipped_images", len(skipped))
+
+    # ----- checkpoints -----
+
+    def save(self):
+        """Write the checkpoint files of the current step (atomically; once per step)."""
+        if self.step == self._last_saved_step:
+            return
+        files = {train_state.model_filename(self.step): self.mp_trainer.master_params_to_state_dict(
+            self.mp_trainer.master_params)}
+        for rate, params in zip(self.ema_rate, self.ema_params):
+            files[train_state.ema_filename(rate, self.step)] = self.mp_trainer.master_params_to_state_dict(params)
+        files[train_state.opt_filename(self.step)] = self.opt.state_dict()
+        files[train_state.state_filename(self.step)] = self._train_state()
+        if dist_util.get_rank() == 0:
+            for name, obj in files.items():
+                path = bf.join(self.log_dir, name)
+                if bf.exists(path):
+                    raise FileExistsError(f"{path} appeared while training (another run in the same "
+                                          f"OPENAI_LOGDIR?); not overwriting it")
+                train_state.save_atomically(obj, path)
+            logger.log(f"saved checkpoint of step {self.step} to {self.log_dir}")
+        self._last_saved_step = self.step
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _train_state(self):
+        mine = {"rng": train_state.rng_state(),
+                "data": {name: s.state_dict() for name, s in self._data_streams().items()
+                         if hasattr(s, "state_dict")}}
+        per_rank = [mine]
+        if dist_util.get_world_size() > 1:
+            per_rank = [None] * dist_util.get_world_size()
+            dist.all_gather_object(per_rank, mine)
+        sampler = self.schedule_sampler.state_dict() if self.schedule_sampler is not None else {}
+        return {"step": self.step, "trainer": self.mp_trainer.state_dict(), "sampler": sampler, "ranks": per_rank}
+
+
+class TrainLoop(_LoopBase):
+    """The release's diffusion training loop (same constructor keywords), plus:
+
+    use_bf16:          bf16 autocast of the forward pass (fp32 weights; exclusive with use_fp16).
+    init_checkpoint:   weights to start from at step 0 (fine-tuning a released model).
+    max_steps:         stop after this many completed steps (0: run until lr_anneal_steps or forever).
+    max_skipped_steps: stop with TrainingStopped after this many consecutive skipped steps.
+    run_config:        {"model_flags", "train_flags", "class_names"} written to train_config.json and
+                       checked when resuming.
+    """
+
+    def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
+                 save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3,
+                 schedule_sampler=None, weight_decay=0.0, lr_anneal_steps=0, **new_options):
+        self.diffusion = diffusion
+        self.lr_anneal_steps = lr_anneal_steps
+        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
+                         weight_decay=weight_decay, log_interval=log_interval, save_interval=save_interval,
+                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16,
+                         fp16_scale_growth=fp16_scale_growth,
+                         schedule_sampler=schedule_sampler or UniformSampler(diffusion), ema_rate=ema_rate,
+                         **new_options)
+
+    def _finished(self):
+        annealed = bool(self.lr_anneal_steps) and self.step >= self.lr_anneal_steps
+        return annealed or super()._finished()
+
+    def set_lr(self):
+        if self.lr_anneal_steps:
+            set_annealed_lr(self.opt, self.lr, self.step / self.lr_anneal_steps)
+
+    def forward_backward(self, batch, cond):
+        self.mp_trainer.zero_grad()
+        for micro, micro_cond, is_last in self.micro_batches(batch, cond):
+            t, weights = self.schedule_sampler.sample(micro.shape[0], dist_util.dev())
+            compute_losses = functools.partial(self.diffusion.training_losses, self.ddp_model, micro, t,
+                                               model_kwargs=micro_cond)
+            losses = self.forward(is_last, compute_losses)
+            if isinstance(self.schedule_sampler, LossAwareSampler):
+                self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+            loss = (losses["loss"] * weights).mean()
+            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
+            self.mp_trainer.backward(loss)
+
+
+class ClassifierTrainLoop(_LoopBase):
+    """classifier_train's loop: cross-entropy on images noised at sampled t (or clean, noised=False),
+    top-1/top-5 accuracy, evaluation on val_data every eval_interval steps, optional linear lr anneal
+    to zero at `iterations`. Saves modelNNNNNN.pt and optNNNNNN.pt (no EMA) plus the resume state."""
+
+    initial_lg_loss_scale = 16.0
+
+    def __init__(self, *, model, diffusion, data, val_data, batch_size, microbatch, lr, weight_decay,
+                 anneal_lr, iterations, noised, schedule_sampler, log_interval, eval_interval, save_interval,
+                 resume_checkpoint, use_fp16=False, **new_options):
+        self.diffusion, self.val_data = diffusion, val_data
+        self.anneal_lr, self.noised, self.eval_interval = anneal_lr, noised, eval_interval
+        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
+                         weight_decay=weight_decay, log_interval=log_interval, save_interval=save_interval,
+                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, fp16_scale_growth=1e-3,
+                         schedule_sampler=schedule_sampler, max_steps=iterations, **new_options)
+
+    def _data_streams(self):
+        streams = {"train": self.data}
+        if self.val_data is not None:
+            streams["val"] = self.val_data
+        return streams
+
+    def set_lr(self):
+        if self.anneal_lr:
+            set_annealed_lr(self.opt, self.lr, self.step / self.max_steps)
+
+    def forward_backward(self, batch, cond, prefix="train"):
+        """Cross-entropy of the classifier on (noised) batch; backward only for prefix "train"."""
+        batch, labels = batch.to(dist_util.dev()), cond["y"].to(dist_util.dev())
+        if self.noised:
+            t, _ = self.schedule_sampler.sample(batch.shape[0], dist_util.dev())
+            batch = self.diffusion.q_sample(batch, t)
+        else:
+            t = th.zeros(batch.shape[0], dtype=th.long, device=dist_util.dev())
+        training = prefix == "train"
+        if training:
+            self.mp_trainer.zero_grad()
+        for sub_batch, sub, is_last in self.micro_batches(batch, {"y": labels, "t": t}):
+            model = self.ddp_model if training else self.model
+            logits = self.forward(is_last or not training, lambda: model(sub_batch, timesteps=sub["t"]))
+            loss = F.cross_entropy(logits.float(), sub["y"], reduction="none")
+            log_loss_dict(self.diffusion, sub["t"], {
+                f"{prefix}_loss": loss.detach(),
+                f"{prefix}_acc@1": compute_top_k(logits, sub["y"], k=1),
+                f"{prefix}_acc@5": compute_top_k(logits, sub["y"], k=5),
+            })
+            if training:
+                self.mp_trainer.backward(loss.mean() * len(sub_batch) / len(batch))
+
+    def after_step(self):
+        if self.val_data is not None and self.step % self.eval_interval == 0:
+            batch, cond = next(self.val_data)
+            self.model.eval()
+            with th.no_grad():
+                self.forward_backward(batch, cond, prefix="val")
+            self.model.train()
+
+
+def compute_top_k(logits, labels, k):
+    """[N] float: 1 where the label is among the k largest logits (k capped at the class count)."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    return (top == labels[:, None]).any(dim=-1).float()
+
+
+def set_annealed_lr(opt, base_lr, frac_done):
+    """Linear decay: lr = base_lr * (1 - frac_done)."""
+    for group in opt.param_groups:
+        group["lr"] = base_lr * (1 - frac_done)
+
+
+def update_ema(target_params, source_params, rate=0.99):
+    """target <- rate * target + (1 - rate) * source, in place, for lists of tensors."""
+    th._foreach_mul_(target_params, rate)
+    th._foreach_add_(target_params, source_params, alpha=1 - rate)
+
+
+def log_loss_dict(diffusion, ts, losses):
+    """Log the mean of each [N] loss and its means per timestep quartile (key_q0 .. key_q3).
+
+    Stays on the device: the values become numbers only when the logger dumps.
+    """
+    quartile = (4 * ts // diffusion.num_timesteps).clamp(max=3)
+    for key, values in losses.items():
+        values = values.detach().float()
+        logger.logkv_mean(key, values.mean())
+        for q in range(4):
+            mask = (quartile == q).float()
+            count = mask.sum()
+            logger.logkv_mean(f"{key}_q{q}", (values * mask).sum() / count.clamp(min=1), n=count)
+
+
+def parse_ema_rates(ema_rate):
+    """"0.9999,0.99" (or a float, or "") -> [0.9999, 0.99]."""
+    if isinstance(ema_rate, float):
+        return [ema_rate]
+    return [float(x) for x in ema_rate.split(",") if x.strip()]
+
+
+class _ResumeFiles:
+    """What --resume_checkpoint points at: the model file, and the opt/EMA/state files beside it."""
+
+    def __init__(self, path):
+        if not bf.exists(path):
+            raise FileNotFoundError(f"--resume_checkpoint {path!r} does not exist; pass a modelNNNNNN.pt "
+                                    f"written by a previous run (or a released checkpoint to fine-tune)")
+        self.model_path, self.dir = path, bf.dirname(path)
+        step = train_state.parse_resume_step_from_filename(path)
+        if step is None:
+            logger.log(f"{bf.basename(path)} is not named modelNNNNNN.pt: starting at step 0 from its "
+                       f"weights (fine-tuning)")
+        self.step = step or 0
+        self.named_like_run = step is not None
+        self.opt_path = self._beside(train_state.opt_filename(self.step))
+        self.state_path = self._beside(train_state.state_filename(self.step))
+
+    def _beside(self, name):
+        path = bf.join(self.dir, name)
+        return path if self.named_like_run and bf.exists(path) else None
+
+    def ema_path(self, rate):
+        return self._beside(train_state.ema_filename(rate, self.step))
+
+
+class _StopSignals:
+    """Context that turns SIGINT/SIGTERM into a stop request agreed on by all ranks."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.name, self._old = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+    def agreed(self):
+        """True when any rank received a signal (one small all-reduce when several ranks run)."""
+        if dist_util.get_world_size() == 1:
+            return self.name is not None
+        device = dist_util.dev() if dist.get_backend() == "nccl" else "cpu"
+        flag = th.tensor([float(self.name is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.name is None:
+            self.name = "a signal on another rank"
+        return bool(flag.item())
+
+
+# ----- helpers shared by the training scripts -----
+
+def training_defaults():
+    """Flags the training scripts add to the release's (all off / neutral by default)."""
+    return dict(
+        seed=0,                 # python/numpy/torch seed (+ rank)
+        max_steps=0,            # stop after this many completed steps (0: never, as released)
+        use_bf16=False,         # bf16 autocast of the forward pass (fp32 weights)
+        init_checkpoint="",     # start from these weights at step 0 (fine-tuning)
+        max_skipped_steps=100,  # stop after this many consecutive non-finite steps
+    )
+
+
+def train_loop_options(args):
+    """The keyword arguments of training_defaults() for TrainLoop / ClassifierTrainLoop."""
+    return dict(use_bf16=args.use_bf16, init_checkpoint=args.init_checkpoint, max_steps=args.max_steps,
+                max_skipped_steps=args.max_skipped_steps)
+
+
+def run_config(args, model_flags, class_names):
+    """What train_config.json records: the model flags (checked on resume), all flags, class names."""
+    return {"model_flags": model_flags, "train_flags": vars(args), "class_names": class_names}
+
+
+def check_num_classes(num_classes, class_names):
+    """A class-conditional model needs at least as many classes as the data has."""
+    if len(class_names) > num_classes:
+        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names[:5])}, ...) but the "
+                         f"model only {num_classes}: pass --num_classes {len(class_names)}")
