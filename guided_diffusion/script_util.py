@@ -119,38 +119,23 @@ def create_model_and_diffusion(
     attention_impl="math",
 ):
     """Build (UNetModel, SpacedDiffusion) from the flags of model_and_diffusion_defaults()."""
-    model = create_model(
-        image_size,
-        num_channels,
-        num_res_blocks,
-        channel_mult=channel_mult,
-        learn_sigma=learn_sigma,
-        class_cond=class_cond,
-        use_checkpoint=use_checkpoint,
-        attention_resolutions=attention_resolutions,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        dropout=dropout,
-        resblock_updown=resblock_updown,
-        use_fp16=use_fp16,
-        use_new_attention_order=use_new_attention_order,
-        num_classes=num_classes,
-        resblock_rescale=resblock_rescale,
-        attention_impl=attention_impl,
-    )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps,
-        learn_sigma=learn_sigma,
-        noise_schedule=noise_schedule,
-        use_kl=use_kl,
-        predict_xstart=predict_xstart,
-        rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas,
-        timestep_respacing=timestep_respacing,
-    )
+    flags = locals()
+    model = _call_with_flags(create_model, flags)
+    diffusion = _diffusion_from_flags(flags)
     return model, diffusion
+
+
+def _call_with_flags(factory, flags):
+    """factory(**flags), passing only the flags that factory takes."""
+    params = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in flags.items() if k in params})
+
+
+def _diffusion_from_flags(flags):
+    """create_gaussian_diffusion from a dict holding the diffusion_defaults() flags."""
+    return create_gaussian_diffusion(
+        steps=flags["diffusion_steps"], **{k: flags[k] for k in diffusion_defaults() if k != "diffusion_steps"}
+    )
 
 
 def parse_channel_mult(channel_mult, image_size, table=CHANNEL_MULTS):
@@ -249,29 +234,9 @@ def create_classifier_and_diffusion(
     classifier_channel_mult="",
 ):
     """Build (EncoderUNetModel, SpacedDiffusion) from the flags of classifier_and_diffusion_defaults()."""
-    classifier = create_classifier(
-        image_size,
-        classifier_use_fp16,
-        classifier_width,
-        classifier_depth,
-        classifier_attention_resolutions,
-        classifier_use_scale_shift_norm,
-        classifier_resblock_updown,
-        classifier_pool,
-        num_classes=num_classes,
-        classifier_attention_impl=classifier_attention_impl,
-        classifier_channel_mult=classifier_channel_mult,
-    )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps,
-        learn_sigma=learn_sigma,
-        noise_schedule=noise_schedule,
-        use_kl=use_kl,
-        predict_xstart=predict_xstart,
-        rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas,
-        timestep_respacing=timestep_respacing,
-    )
+    flags = locals()
+    classifier = _call_with_flags(create_classifier, flags)
+    diffusion = _diffusion_from_flags(flags)
     return classifier, diffusion
 
 
@@ -343,36 +308,9 @@ def sr_create_model_and_diffusion(
     attention_impl="math",
 ):
     """Build (SuperResModel, SpacedDiffusion) from the flags of sr_model_and_diffusion_defaults()."""
-    model = sr_model(
-        large_size,
-        small_size,
-        num_channels,
-        num_res_blocks,
-        learn_sigma=learn_sigma,
-        class_cond=class_cond,
-        use_checkpoint=use_checkpoint,
-        attention_resolutions=attention_resolutions,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        dropout=dropout,
-        resblock_updown=resblock_updown,
-        use_fp16=use_fp16,
-        num_classes=num_classes,
-        resblock_rescale=resblock_rescale,
-        attention_impl=attention_impl,
-    )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps,
-        learn_sigma=learn_sigma,
-        noise_schedule=noise_schedule,
-        use_kl=use_kl,
-        predict_xstart=predict_xstart,
-        rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas,
-        timestep_respacing=timestep_respacing,
-    )
+    flags = locals()
+    model = _call_with_flags(sr_model, flags)
+    diffusion = _diffusion_from_flags(flags)
     return model, diffusion
 
 
