@@ -5,6 +5,7 @@ mpi4py is imported only when the process was started by an MPI launcher, so a pl
 `python script.py` needs no MPI installation.
 """
 
+import atexit
 import io
 import os
 import socket
@@ -93,6 +94,13 @@ def setup_dist():
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     else:
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    atexit.register(_teardown)  # runs before mpi4py's MPI_Finalize (atexit is last-in, first-out)
+
+
+def _teardown():
+    """Destroy the process group before interpreter exit (avoids aborts in gloo's threads at shutdown)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def get_rank():

@@ -289,17 +289,8 @@ class GaussianDiffusion:
     # noise_fn(x) -> a standard normal tensor like x; every random draw goes through it (default
     # th.randn_like, which reproduces the release's random stream).
 
-    def p_sample(
-        self,
-        model,
-        x,
-        t,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        noise_fn=th.randn_like,
-    ):
+    def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
+                 noise_fn=th.randn_like):
         """One ancestral (DDPM) step: x_{t-1} = mean + sigma_t * z (no noise at t = 0)."""
         out = self.p_mean_variance(
             model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
@@ -311,18 +302,8 @@ class GaussianDiffusion:
         sample = out["mean"] + nonzero_mask * th.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_sample(
-        self,
-        model,
-        x,
-        t,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        eta=0.0,
-        noise_fn=th.randn_like,
-    ):
+    def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
+                    eta=0.0, noise_fn=th.randn_like):
         """One DDIM step (Song et al. eq. 12); eta = 0 is deterministic, eta = 1 is DDPM-like."""
         out = self.p_mean_variance(
             model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs

@@ -490,9 +490,8 @@ def training_defaults():
 
 
 def train_loop_options(args):
-    """The keyword arguments of training_defaults() for TrainLoop / ClassifierTrainLoop."""
-    return dict(use_bf16=args.use_bf16, init_checkpoint=args.init_checkpoint, max_steps=args.max_steps,
-                max_skipped_steps=args.max_skipped_steps)
+    """The loop keywords among training_defaults() that the script's parser has (all but the seed)."""
+    return {k: getattr(args, k) for k in training_defaults() if k != "seed" and hasattr(args, k)}
 
 
 def run_config(args, model_flags, class_names):

@@ -169,7 +169,9 @@ def test_posterior_matches_bayes_rule():
     ab_prev = col(np.cumprod(1 - SHORT_BETAS)[:-1], x0)
     precision = (1 - beta) / beta + 1 / (1 - ab_prev)
     expected_var = 1 / precision
-    expected_mean = expected_var * ((1 - beta).sqrt() / beta * xt.double() + ab_prev.sqrt() / (1 - ab_prev) * x0.double())
+    expected_mean = expected_var * (
+        (1 - beta).sqrt() / beta * xt.double() + ab_prev.sqrt() / (1 - ab_prev) * x0.double()
+    )
     assert th.allclose(var.double(), expected_var.expand_as(var), rtol=1e-5)
     assert th.allclose(logvar.double(), expected_var.log().expand_as(var), rtol=1e-5)
     assert th.allclose(mean.double(), expected_mean, rtol=1e-5, atol=1e-6)
@@ -232,8 +234,9 @@ def test_fixed_variances():
     np.testing.assert_allclose(small["variance"][:, 0].numpy(), [post[0], post[1], post[9]], rtol=1e-6)
     np.testing.assert_allclose(small["log_variance"][:, 0].numpy(), np.log([post[1], post[1], post[9]]), rtol=1e-6)
     # beta_t, except at t = 0 where the posterior variance of t = 1 is used
-    np.testing.assert_allclose(large["variance"][:, 0].numpy(), [post[1], SHORT_BETAS[1], SHORT_BETAS[9]], rtol=1e-6)
-    np.testing.assert_allclose(large["log_variance"][:, 0].numpy(), np.log([post[1], SHORT_BETAS[1], SHORT_BETAS[9]]), rtol=1e-6)
+    large_expected = np.array([post[1], SHORT_BETAS[1], SHORT_BETAS[9]])
+    np.testing.assert_allclose(large["variance"][:, 0].numpy(), large_expected, rtol=1e-6)
+    np.testing.assert_allclose(large["log_variance"][:, 0].numpy(), np.log(large_expected), rtol=1e-6)
 
 
 @pytest.mark.parametrize("v", [-1.0, 0.0, 1.0])
@@ -255,7 +258,8 @@ def test_learned_range_interpolates_log_variances(v):
 def test_learned_variance_is_the_log_variance_output():
     diffusion = make_diffusion(var=ModelVarType.LEARNED)
     logvar = th.randn(2, 3, 4)
-    out = diffusion.p_mean_variance(FixedOutput(th.cat([th.zeros(2, 3, 4), logvar], 1)), th.randn(2, 3, 4), th.tensor([1, 2]))
+    model = FixedOutput(th.cat([th.zeros(2, 3, 4), logvar], 1))
+    out = diffusion.p_mean_variance(model, th.randn(2, 3, 4), th.tensor([1, 2]))
     assert th.equal(out["log_variance"], logvar) and th.equal(out["variance"], logvar.exp())
 
 
@@ -553,7 +557,7 @@ def test_kl_losses_with_a_zero_output(loss_type, var_type):
     terms = diffusion.training_losses(zeros_model(), x0, t, noise=noise)
     xt = diffusion.q_sample(x0, t, noise=noise)
     pred_x0 = xt.double() / col(diffusion.alphas_cumprod[t.numpy()], x0).sqrt()  # not clipped in training
-    variance, log_variance = diffusion._fixed_variance()
+    _, log_variance = diffusion._fixed_variance()
     vb = reference_vb_bits(diffusion, x0, xt, t, pred_x0, col(log_variance[t.numpy()], x0))
     if loss_type == LossType.RESCALED_KL:
         vb = vb * diffusion.num_timesteps
@@ -594,4 +598,5 @@ def test_calc_bpd_loop_terms():
         xstart_mse = ((pred_x0 - x0.double()) ** 2).flatten(1).mean(1)
         assert th.allclose(out["xstart_mse"][:, column].double(), xstart_mse, rtol=1e-4, atol=1e-6)
         eps = (xt.double() / ab.sqrt() - pred_x0) / (1 / ab - 1).sqrt()
-        assert th.allclose(out["mse"][:, column].double(), ((eps - noise.double()) ** 2).flatten(1).mean(1), rtol=1e-3, atol=1e-5)
+        eps_mse = ((eps - noise.double()) ** 2).flatten(1).mean(1)
+        assert th.allclose(out["mse"][:, column].double(), eps_mse, rtol=1e-3, atol=1e-5)

@@ -139,6 +139,6 @@ def test_respaced_sampling_equals_sampling_the_respaced_schedule_directly():
         return 0.1 * x * (1 + t.float().view(-1, 1))
 
     noise = th.randn(2, 3)
-    a = spaced.p_sample_loop(model, (2, 3), noise=noise, noise_fn=lambda x: th.ones_like(x))
-    b = plain.p_sample_loop(lambda x, t: model(x, timestep_map[t]), (2, 3), noise=noise, noise_fn=lambda x: th.ones_like(x))
+    a = spaced.p_sample_loop(model, (2, 3), noise=noise, noise_fn=th.ones_like)
+    b = plain.p_sample_loop(lambda x, t: model(x, timestep_map[t]), (2, 3), noise=noise, noise_fn=th.ones_like)
     assert th.equal(a, b)
