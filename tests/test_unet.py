@@ -193,3 +193,16 @@ def test_classifier_pools(pool):
     ).eval()
     logits = model(th.randn(4, 3, 16, 16), th.tensor([0, 1, 2, 3]))
     assert logits.shape == (4, 5) and th.isfinite(logits).all()
+
+
+def test_fp16_torso_output_close_to_fp32():
+    """The release's fp16 mode (half torso, float32 norms / embeddings / output) on the same weights."""
+    reference = tiny_unet()
+    half = su.create_model(**dict(TINY, class_cond=True, num_classes=10, use_fp16=True))
+    half.load_state_dict(reference.state_dict())
+    half.convert_to_fp16()
+    x, t, y = th.randn(2, 3, 16, 16), th.tensor([3, 400]), th.tensor([1, 2])
+    expected, out = reference(x, t, y=y), half(x, t, y=y)
+    assert out.dtype == th.float32
+    assert (out - expected).abs().max() < 1e-2 * expected.abs().max()
+    assert not th.equal(out, expected)  # it really ran in half precision
