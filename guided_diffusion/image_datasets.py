@@ -7,6 +7,7 @@ drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run se
 """
 
 import math
+import signal
 import warnings
 
 import blobfile as bf
@@ -170,6 +171,13 @@ def _collate(items):
     return images, cond, skipped
 
 
+def _ignore_stop_signals(worker_id):
+    """Decoding workers leave SIGINT/SIGTERM to the training process, which saves a checkpoint and exits
+    (a worker killed by the signal would make the main process fail before it could save)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ImageStream:
     """Endless, resumable iterator of batches over an ImageDataset (see load_data)."""
 
@@ -205,7 +213,8 @@ class ImageStream:
         usable = (n // self.batch_size) * self.batch_size
         keys = [(self.epoch, int(i)) for i in order[self.batch_index * self.batch_size:usable]]
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, drop_last=True,
-                            num_workers=self.num_workers, collate_fn=_collate, generator=th.Generator())
+                            num_workers=self.num_workers, collate_fn=_collate, generator=th.Generator(),
+                            worker_init_fn=_ignore_stop_signals)
         return iter(loader)
 
     def state_dict(self):

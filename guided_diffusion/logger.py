@@ -50,11 +50,19 @@ class HumanOutput:
 
 
 class CsvOutput:
-    """progress.csv: one row per dump; a new key rewrites the header and pads earlier rows."""
+    """progress.csv: one row per dump; a new key rewrites the header and pads earlier rows.
+
+    An existing file (a resumed run logging to the same folder) is continued, not truncated.
+    """
 
     def __init__(self, path):
         self.path, self.keys = path, []
-        open(path, "w").close()
+        if os.path.exists(path):
+            with open(path) as f:
+                header = f.readline().strip()
+            self.keys = header.split(",") if header else []
+        else:
+            open(path, "w").close()
 
     def write_kvs(self, kvs):
         new_keys = sorted(k for k in kvs if k not in self.keys)

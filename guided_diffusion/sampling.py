@@ -5,8 +5,8 @@ base samples of the super-resolution model.
 
 Reproducibility: sample number i (0 <= i < num_samples) draws every random number it needs (its
 label, its initial noise and the noise of each denoising step) from its own CPU generator seeded
-from (seed, i). The same --seed therefore gives the same images whatever the batch size, the
-number of ranks or the device.
+from (seed, i). The same --seed therefore gives the same images whatever the batch size or the
+number of ranks, and the same noise on any device.
 """
 
 import math
@@ -17,6 +17,8 @@ import torch as th
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
+
+from .checkpoint import load_checkpoint
 
 GRID_MAX_IMAGES = 64  # samples_grid.png shows at most this many samples (the first ones)
 
@@ -167,6 +169,8 @@ def sample_all(
     Returns (images uint8 [num_samples, H, W, C], labels int64 [num_samples] or None) in index
     order on rank 0, (None, None) on the other ranks.
     """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"--num_samples ({num_samples}) and --batch_size ({batch_size}) must be at least 1")
     rank, world_size = rank_and_world_size()
     shard = shard_range(num_samples, rank, world_size)
     rounds = math.ceil(math.ceil(num_samples / world_size) / batch_size)
@@ -180,12 +184,10 @@ def sample_all(
         if len(indices):
             x, labels = sample_batch(SeededBatch(seed, indices))
             images = to_uint8_nhwc(x)
-        for i, block in enumerate(all_gather_rows(images, batch_size)):
-            per_rank[i].append(block.cpu())
+        _keep_on_rank0(all_gather_rows(images, batch_size), per_rank, rank)
         if with_labels:
             labels = labels.to(device=device, dtype=th.int64)
-            for i, block in enumerate(all_gather_rows(labels, batch_size)):
-                per_rank_labels[i].append(block.cpu())
+            _keep_on_rank0(all_gather_rows(labels, batch_size), per_rank_labels, rank)
         if bar is not None:
             bar.update(len(indices))
     if bar is not None:
@@ -196,6 +198,13 @@ def sample_all(
     if not with_labels:
         return images, None
     return images, th.cat([block for blocks in per_rank_labels for block in blocks]).numpy()
+
+
+def _keep_on_rank0(blocks, per_rank, rank):
+    """Appends each rank's block to per_rank[rank] (on the CPU), on rank 0 only."""
+    if rank == 0:
+        for kept, block in zip(per_rank, blocks):
+            kept.append(block.cpu())
 
 
 def _progress_bar(total, enabled):
@@ -331,11 +340,11 @@ def load_base_samples(path, small_size, class_cond):
 # ----------------------------------------------------------------------------- script helpers
 
 
-def load_for_sampling(model, path, use_fp16, device):
-    """Loads the checkpoint at `path` into `model` (clear errors on mismatch), moves it to `device`,
-    converts it to fp16 when asked and sets eval mode. Returns the model."""
-    from .checkpoint import load_checkpoint
-
+def load_for_sampling(model, path, use_fp16, device, flag="--model_path"):
+    """Loads the checkpoint at `path` (given by `flag`) into `model` (clear errors on mismatch),
+    moves it to `device`, converts it to fp16 when asked and sets eval mode. Returns the model."""
+    if not path:
+        raise ValueError(f"no checkpoint to sample from: pass {flag} PATH (a modelNNNNNN.pt or ema_*.pt file)")
     load_checkpoint(model, path)
     model.to(device)
     if use_fp16:

@@ -39,7 +39,9 @@ def main():
 
     logger.log("loading classifier...")
     classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
-    sampling.load_for_sampling(classifier, args.classifier_path, args.classifier_use_fp16, device)
+    sampling.load_for_sampling(
+        classifier, args.classifier_path, args.classifier_use_fp16, device, flag="--classifier_path"
+    )
     cond_fn = sampling.classifier_cond_fn(classifier, args.classifier_scale)
 
     def model_fn(x, t, y=None):

@@ -44,9 +44,14 @@ def fashion_dir(tmp_path_factory):
 
 def run_script(script, flags, log_dir, launcher=(), timeout=300, expect_ok=True):
     """Run scripts/<script> with flags (dict or argv list) and OPENAI_LOGDIR=log_dir; returns the result."""
-    argv = to_argv(flags) if isinstance(flags, dict) else list(flags)
+    return run_python(REPO / "scripts" / script, flags, log_dir, launcher, timeout, expect_ok)
+
+
+def run_python(path, flags, log_dir, launcher=(), timeout=300, expect_ok=True):
+    """Run a python file (optionally under a launcher such as mpiexec -n 2) with one thread per process."""
+    argv = to_argv(flags) if isinstance(flags, dict) else [str(a) for a in flags]
     env = dict(os.environ, OPENAI_LOGDIR=str(log_dir), OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
-    cmd = [*launcher, PYTHON, str(REPO / "scripts" / script), *argv]
+    cmd = [*launcher, PYTHON, str(path), *argv]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if expect_ok and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"

@@ -256,3 +256,23 @@ def test_gather_is_exact_and_independent_of_ranks_and_batch_size(tmp_path):
     x = (0.5 * x + 0.1 * batch.noise_like(x)).clamp(-1, 1)
     assert np.array_equal(sampling.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
     assert one_rank[1][4] == int(batch.labels(10)[0])
+
+
+def test_missing_checkpoint_flag_is_named():
+    with pytest.raises(ValueError, match="pass --classifier_path PATH"):
+        sampling.load_for_sampling(th.nn.Linear(1, 1), "", False, "cpu", flag="--classifier_path")
+
+
+def test_sample_all_needs_samples_and_a_batch():
+    with pytest.raises(ValueError, match="--num_samples \\(0\\)"):
+        sampling.sample_all(None, 0, 4, 0, (3, 4, 4), "cpu", with_labels=False)
+
+
+def test_sample_all_in_one_process_is_in_index_order():
+    def sample_batch(batch):
+        value = (th.tensor(batch.indices, dtype=th.float32).view(-1, 1, 1, 1) + 0.5) / 127.5 - 1
+        return value.expand(len(batch), 3, 2, 2), th.tensor(batch.indices)
+
+    images, labels = sampling.sample_all(sample_batch, 7, 3, 0, (3, 2, 2), "cpu", with_labels=True)
+    assert images.shape == (7, 2, 2, 3) and images.dtype == np.uint8
+    assert images[:, 0, 0, 0].tolist() == list(range(7)) and labels.tolist() == list(range(7))

