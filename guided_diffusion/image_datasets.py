@@ -6,6 +6,7 @@ The stream is resumable: `state_dict()` records the position (epoch, batch), and
 drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run sees the same batches.
 """
 
+import atexit
 import math
 import signal
 import warnings
@@ -186,6 +187,13 @@ class ImageStream:
         self.seed, self.num_workers, self.class_names = tuple(seed), num_workers, class_names
         self.epoch, self.batch_index = 0, 0
         self.skipped_files = set()
+        self._batches = None
+        # Workers ignore SIGTERM (see _ignore_stop_signals), so multiprocessing's own exit hook could
+        # not stop them: shut them down first (atexit runs hooks in reverse order of registration).
+        atexit.register(self.close)
+
+    def close(self):
+        """Stop the decoding workers (dropping the DataLoader iterator shuts them down)."""
         self._batches = None
 
     def __iter__(self):
