@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from . import logger
 from .checkpoint import load_checkpoint
 
 GRID_MAX_IMAGES = 64  # samples_grid.png shows at most this many samples (the first ones)
@@ -216,6 +217,21 @@ def _progress_bar(total, enabled):
 
 
 # ----------------------------------------------------------------------------- outputs
+
+
+def sample_and_save(sample_batch, args, sample_shape, device, with_labels):
+    """The scripts' common ending: sample args.num_samples images with sample_all (seed from
+    args.seed), write them on rank 0 with save_samples in the log dir, and wait for every rank."""
+    seed = resolve_seed(args.seed)
+    logger.log(f"sampling {args.num_samples} images with --seed {seed}...")
+    images, labels = sample_all(
+        sample_batch, args.num_samples, args.batch_size, seed, sample_shape, device,
+        with_labels=with_labels, progress=args.progress,
+    )
+    if images is not None:
+        logger.log(f"saving to {save_samples(logger.get_dir(), images, labels)}")
+    dist.barrier()
+    logger.log("sampling complete")
 
 
 def save_samples(out_dir, images, labels=None):

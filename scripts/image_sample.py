@@ -47,16 +47,7 @@ def main():
         )
         return x, model_kwargs.get("y")
 
-    seed = sampling.resolve_seed(args.seed)
-    logger.log(f"sampling {args.num_samples} images with --seed {seed}...")
-    images, labels = sampling.sample_all(
-        sample_batch, args.num_samples, args.batch_size, seed, sample_shape, device,
-        with_labels=args.class_cond, progress=args.progress,
-    )
-    if images is not None:
-        logger.log(f"saving to {sampling.save_samples(logger.get_dir(), images, labels)}")
-    dist.barrier()
-    logger.log("sampling complete")
+    sampling.sample_and_save(sample_batch, args, sample_shape, device, with_labels=args.class_cond)
 
 
 def create_argparser():
