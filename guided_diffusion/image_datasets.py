@@ -10,6 +10,7 @@ import atexit
 import math
 import signal
 import warnings
+import weakref
 
 import blobfile as bf
 import numpy as np
@@ -174,9 +175,20 @@ def _collate(items):
 
 def _ignore_stop_signals(worker_id):
     """Decoding workers leave SIGINT/SIGTERM to the training process, which saves a checkpoint and exits
-    (a worker killed by the signal would make the main process fail before it could save)."""
+    (a worker killed by the signal would make the main process fail before it could save). Workers
+    still end when their loader is closed (see _close_streams) or when the training process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_OPEN_STREAMS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_streams():
+    """Stop the decoding workers before multiprocessing's exit hook joins them (they ignore SIGTERM)."""
+    for stream in list(_OPEN_STREAMS):
+        stream.close()
 
 
 class ImageStream:
@@ -188,13 +200,7 @@ class ImageStream:
         self.epoch, self.batch_index = 0, 0
         self.skipped_files = set()
         self._batches = None
-        # Workers ignore SIGTERM (see _ignore_stop_signals), so multiprocessing's own exit hook could
-        # not stop them: shut them down first (atexit runs hooks in reverse order of registration).
-        atexit.register(self.close)
-
-    def close(self):
-        """Stop the decoding workers (dropping the DataLoader iterator shuts them down)."""
-        self._batches = None
+        _OPEN_STREAMS.add(self)
 
     def __iter__(self):
         return self
@@ -224,6 +230,10 @@ class ImageStream:
                             num_workers=self.num_workers, collate_fn=_collate, generator=th.Generator(),
                             worker_init_fn=_ignore_stop_signals)
         return iter(loader)
+
+    def close(self):
+        """Shut down the decoding workers (a later next() starts new ones)."""
+        self._batches = None
 
     def state_dict(self):
         """The position of the next batch: {"epoch", "batch"}."""

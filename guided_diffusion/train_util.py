@@ -96,8 +96,9 @@ class _LoopBase:
         if dist_util.get_world_size() == 1:
             return model
         device_ids = [dist_util.dev()] if th.cuda.is_available() else None
+        # The models have no buffers, so the release's broadcast_buffers=False is moot (and deprecated).
         return DDP(model, device_ids=device_ids, output_device=device_ids[0] if device_ids else None,
-                   broadcast_buffers=False, bucket_cap_mb=128, find_unused_parameters=False)
+                   bucket_cap_mb=128, find_unused_parameters=False)
 
     def _load_ema(self, resume, rate):
         path = resume.ema_path(rate) if resume else None
