@@ -25,7 +25,7 @@ from torch.optim import AdamW
 from . import dist_util, logger, train_state
 from .checkpoint import load_checkpoint
 from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
-from .resample import LossAwareSampler, UniformSampler
+from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
 
 
 class TrainingStopped(RuntimeError):
@@ -478,6 +478,48 @@ class _StopSignals:
 
 
 # ----- helpers shared by the training scripts -----
+
+def diffusion_training_flags():
+    """The release's own flags of image_train / super_res_train, with its defaults."""
+    return dict(
+        data_dir="",
+        schedule_sampler="uniform",
+        lr=1e-4,
+        weight_decay=0.0,
+        lr_anneal_steps=0,
+        batch_size=1,
+        microbatch=-1,  # -1 disables microbatches
+        ema_rate="0.9999",  # comma-separated list of EMA values
+        log_interval=10,
+        save_interval=10000,
+        resume_checkpoint="",
+        use_fp16=False,
+        fp16_scale_growth=1e-3,
+    )
+
+
+def train_diffusion(args, model, diffusion, data, model_flags, class_names):
+    """Run TrainLoop with the flags of diffusion_training_flags() and training_defaults() in `args`."""
+    TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        batch_size=args.batch_size,
+        microbatch=args.microbatch,
+        lr=args.lr,
+        ema_rate=args.ema_rate,
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        resume_checkpoint=args.resume_checkpoint,
+        use_fp16=args.use_fp16,
+        fp16_scale_growth=args.fp16_scale_growth,
+        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        weight_decay=args.weight_decay,
+        lr_anneal_steps=args.lr_anneal_steps,
+        run_config=run_config(args, model_flags, class_names),
+        **train_loop_options(args),
+    ).run_loop()
+
 
 def training_defaults():
     """Flags the training scripts add to the release's (all off / neutral by default)."""
