@@ -104,7 +104,7 @@ def _teardown():
 
 
 def get_rank():
-    """This process's rank (0 when torch.distributed is not initialised)."""
+    """This process's rank (0 when torch.distributed is not initialised); the one rank helper."""
     return dist.get_rank() if dist.is_initialized() else 0
 
 
@@ -144,6 +144,45 @@ def broadcast_bytes(data):
     for start in range(0, size, BROADCAST_CHUNK_BYTES):
         dist.broadcast(buf[start:start + BROADCAST_CHUNK_BYTES], src=0)
     return data if get_rank() == 0 else buf.cpu().numpy().tobytes()
+
+
+def on_rank0(fn):
+    """Run fn() on rank 0 only and return its result on every rank.
+
+    An exception raised there is raised on every rank, so no rank waits forever for a failed rank 0
+    (file-system work such as writing checkpoints goes through here). fn's result must be picklable.
+    """
+    if get_world_size() == 1:
+        return fn()
+    outcome = [None]
+    if get_rank() == 0:
+        try:
+            outcome = [(fn(), None)]
+        except Exception as exc:  # noqa: BLE001 (re-raised on every rank below)
+            outcome = [(None, exc)]
+    dist.broadcast_object_list(outcome, src=0)
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def all_gather_rows(rows):
+    """rows: [n, ...] on this rank (n may differ between ranks) -> list over ranks of their [n_r, ...] rows.
+
+    A collective: every rank calls it with the same trailing shape and dtype (on the backend's device).
+    """
+    if get_world_size() == 1:
+        return [rows]
+    count = th.tensor([rows.shape[0]], dtype=th.int64, device=rows.device)
+    counts = [th.zeros_like(count) for _ in range(get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = [th.zeros_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return [block[:n] for block, n in zip(gathered, counts)]
 
 
 def read_bytes_once(path):

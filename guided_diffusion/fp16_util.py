@@ -14,8 +14,6 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from . import logger
 
-INITIAL_LOG_LOSS_SCALE = 20.0
-
 STEP_TAKEN = "ok"
 GRAD_OVERFLOW = "grad_overflow"
 NONFINITE_LOSS = "nonfinite_loss"
@@ -93,7 +91,7 @@ class MixedPrecisionTrainer:
     """
 
     def __init__(self, *, model, use_fp16=False, fp16_scale_growth=1e-3,
-                 initial_lg_loss_scale=INITIAL_LOG_LOSS_SCALE):
+                 initial_lg_loss_scale=20.0):
         self.model, self.use_fp16, self.fp16_scale_growth = model, use_fp16, fp16_scale_growth
         self.model_params = list(model.parameters())
         self.master_params = self.model_params
@@ -168,15 +166,6 @@ class MixedPrecisionTrainer:
 
     def state_dict_to_master_params(self, state_dict):
         return state_dict_to_master_params(self.model, state_dict, self.use_fp16)
-
-    def load_master_state_dict(self, state_dict):
-        """Set the master parameters (and the model's copy) exactly from an fp32 state dict."""
-        values = self.state_dict_to_master_params(state_dict)
-        with th.no_grad():
-            for master, value in zip(self.master_params, values):
-                master.copy_(value)
-        if self.use_fp16:
-            master_params_to_model_params(self.param_groups_and_shapes, self.master_params)
 
     def state_dict(self):
         """The loss-scale state needed for an exact resume."""

@@ -9,7 +9,6 @@ drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run se
 import atexit
 import math
 import signal
-import warnings
 import weakref
 
 import blobfile as bf
@@ -19,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import dist_util
+from . import dist_util, logger
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
+PIL_MODES = {1: "L", 3: "RGB"}  # image_channels -> the PIL mode images are converted to
 
 
 def list_image_files(data_dir):
@@ -59,8 +59,8 @@ def class_names_of(files):
 
 
 def load_data(*, data_dir, batch_size, image_size, class_cond=False, deterministic=False,
-              random_crop=False, random_flip=True, seed=0, num_workers=1):
-    """An endless iterator of (images [N, 3, image_size, image_size] float32 in [-1, 1], {"y": labels [N]}).
+              random_crop=False, random_flip=True, seed=0, num_workers=1, image_channels=3):
+    """An endless iterator of (images [N, C, image_size, image_size] float32 in [-1, 1], {"y": labels [N]}).
 
     data_dir:      folder of images (searched recursively).
     batch_size:    images per batch on this rank (incomplete last batches of an epoch are dropped).
@@ -71,8 +71,12 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
     random_flip:   flip horizontally with probability 1/2.
     seed:          seeds the shuffles and augmentations (together with rank, epoch and index).
     num_workers:   decoding processes (0: decode in this process).
+    image_channels: C = 3 (RGB, as released) or 1 (greyscale: PIL's "L" conversion of every file).
+    Unreadable files are skipped and each is reported once (logger.warn, so also in log.txt).
     The iterator has `class_names`, `skipped_files`, `state_dict()` and `load_state_dict()`.
     """
+    if image_channels not in PIL_MODES:
+        raise ValueError(f"image_channels={image_channels!r}: use 3 (RGB images, as released) or 1 (greyscale)")
     files = list_image_files(data_dir)
     class_names = class_names_of(files)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
@@ -83,7 +87,8 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
                          f"or more images")
     index = {name: i for i, name in enumerate(class_names)}
     labels = [index[class_name_of(p)] for p in shard] if class_cond else None
-    dataset = ImageDataset(image_size, shard, labels, random_crop, random_flip, seed=(seed, rank))
+    dataset = ImageDataset(image_size, shard, labels, random_crop, random_flip, seed=(seed, rank),
+                           mode=PIL_MODES[image_channels])
     return ImageStream(dataset, batch_size, shuffle=not deterministic, seed=(seed, rank),
                        num_workers=num_workers, class_names=class_names)
 
@@ -91,14 +96,16 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
 class ImageDataset(Dataset):
     """Decodes, crops and flips one image; indexed by (epoch, index) so augmentations are reproducible.
 
-    An unreadable file is replaced by the next readable one of the shard and reported (warning naming
-    it); only a shard with no readable image raises.
+    An item is (image [C, H, W] float32, {"y": label} or {}, ((path, reason), ...) of the unreadable files
+    replaced by the next readable one of the shard); only a shard with no readable image raises.
+    mode: the PIL mode images are converted to ("RGB": C = 3, "L": C = 1).
     """
 
     def __init__(self, resolution, image_paths, classes=None, random_crop=False, random_flip=True,
-                 seed=(0,)):
+                 seed=(0,), mode="RGB"):
         self.resolution, self.paths, self.classes = resolution, image_paths, classes
         self.random_crop, self.random_flip, self.seed = random_crop, random_flip, tuple(seed)
+        self.mode = mode
 
     def __len__(self):
         return len(self.paths)
@@ -109,10 +116,9 @@ class ImageDataset(Dataset):
         for offset in range(len(self.paths)):
             i = (idx + offset) % len(self.paths)
             try:
-                pil_image = _read_image(self.paths[i])
+                pil_image = _read_image(self.paths[i], self.mode)
             except Exception as exc:  # noqa: BLE001 (any decoding error means an unusable file)
-                warnings.warn(f"skipping unreadable image {self.paths[i]!r}: {exc}")
-                skipped.append(self.paths[i])
+                skipped.append((self.paths[i], f"{type(exc).__name__}: {exc}"))
                 continue
             return self._transform(pil_image, epoch, i) + (tuple(skipped),)
         raise RuntimeError(f"none of the {len(self.paths)} images of this shard could be read")
@@ -125,16 +131,16 @@ class ImageDataset(Dataset):
             arr = center_crop_arr(pil_image, self.resolution)
         if self.random_flip and rng.random() < 0.5:
             arr = arr[:, ::-1]
-        arr = arr.astype(np.float32) / 127.5 - 1
+        arr = arr.reshape(*arr.shape[:2], -1).astype(np.float32) / 127.5 - 1  # [H, W, C], also for "L"
         out = {} if self.classes is None else {"y": np.int64(self.classes[i])}
         return np.transpose(arr, [2, 0, 1]), out
 
 
-def _read_image(path):
+def _read_image(path, mode):
     with bf.BlobFile(path, "rb") as f:
         pil_image = Image.open(f)
         pil_image.load()
-    return pil_image.convert("RGB")
+    return pil_image.convert(mode)
 
 
 def _shrink_then_resize(pil_image, smaller_side):
@@ -147,7 +153,7 @@ def _shrink_then_resize(pil_image, smaller_side):
 
 
 def center_crop_arr(pil_image, image_size):
-    """[image_size, image_size, 3] uint8: the release's resize of the smaller side, then a centre crop."""
+    """[image_size, image_size(, 3)] uint8: the release's resize of the smaller side, then a centre crop."""
     arr = _shrink_then_resize(pil_image, image_size)
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
@@ -155,7 +161,7 @@ def center_crop_arr(pil_image, image_size):
 
 
 def random_crop_arr(pil_image, image_size, min_crop_frac=0.8, max_crop_frac=1.0, rng=None):
-    """[image_size, image_size, 3] uint8: resize the smaller side to a random size in
+    """[image_size, image_size(, 3)] uint8: resize the smaller side to a random size in
     [image_size / max_crop_frac, image_size / min_crop_frac], then crop at a random position."""
     rng = rng if rng is not None else np.random.default_rng()
     low = math.ceil(image_size / max_crop_frac)
@@ -215,8 +221,15 @@ class ImageStream:
             self._batches = self._epoch_batches()
             images, cond, skipped = next(self._batches)
         self.batch_index += 1
-        self.skipped_files.update(skipped)
+        self._report(skipped)
         return images, cond
+
+    def _report(self, skipped):
+        """Warn once per unreadable file (the log reaches log.txt); remember it in skipped_files."""
+        for path, reason in skipped:
+            if path not in self.skipped_files:
+                self.skipped_files.add(path)
+                logger.warn(f"skipping unreadable image {path!r} ({reason}); reported once, skipped every epoch")
 
     def _epoch_batches(self):
         n = len(self.dataset)

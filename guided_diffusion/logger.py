@@ -14,6 +14,8 @@ import tempfile
 import torch as th
 import torch.distributed as dist
 
+from . import dist_util
+
 
 def _to_number(value):
     return value.item() if isinstance(value, th.Tensor) else value
@@ -104,7 +106,7 @@ class Logger:
         row = dict(self.values)
         row.update(_mean_over_ranks(self.mean_sums, self.mean_counts))
         row = {k: _to_number(v) for k, v in row.items()}
-        if _rank() == 0:
+        if dist_util.get_rank() == 0:
             for out in self.outputs:
                 out.write_kvs(row)
         self.values, self.mean_sums, self.mean_counts = {}, {}, {}
@@ -120,15 +122,11 @@ class Logger:
             out.close()
 
 
-def _rank():
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
 def _mean_over_ranks(sums, counts):
     """{key: mean} pooled over ranks (each contributes its sum and count); keys never counted are left out."""
     total = {k: (float(_to_number(sums[k])), float(_to_number(counts[k]))) for k in sums}
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [None] * dist.get_world_size()
+    if dist_util.get_world_size() > 1:
+        gathered = [None] * dist_util.get_world_size()
         dist.all_gather_object(gathered, total)
         total = {}
         for part in gathered:
@@ -144,7 +142,7 @@ def _default_dir():
         return os.environ["OPENAI_LOGDIR"]
     stamp = datetime.datetime.now().strftime("openai-%Y-%m-%d-%H-%M-%S-%f")
     name = [os.path.join(tempfile.gettempdir(), stamp)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if dist_util.get_world_size() > 1:
         dist.broadcast_object_list(name, src=0)
     return name[0]
 
@@ -171,7 +169,7 @@ def configure(dir=None, format_strs=None, log_suffix=""):
     global _current
     dir = os.path.expanduser(dir or _default_dir())
     os.makedirs(dir, exist_ok=True)
-    rank = _rank()
+    rank = dist_util.get_rank()
     if rank > 0:
         log_suffix = f"{log_suffix}-rank{rank:03d}"
     if format_strs is None:

@@ -1,13 +1,18 @@
-"""The files of a training run: checkpoint names, atomic writes, what a resume finds beside its model file,
-the run's flags (train_config.json), and the random-number-generator states needed for an exact resume.
+"""The files of a training run: checkpoint names, checkpoint sets written so that they survive a kill at
+any moment, tidying a log dir before a (resumed) run, the run's flags (train_config.json), and the
+random-number-generator states needed for an exact resume.
 
 Files in the log dir after NNNNNN completed steps (release format for the first three):
   modelNNNNNN.pt, ema_RATE_NNNNNN.pt   state dicts (float32)
   optNNNNNN.pt                        the AdamW state dict
   stateNNNNNN.pt                      new: loss scale, timestep-sampler state, per-rank RNG and data position
   train_config.json                   new: the run's flags and class names, checked on resume
+
+The files of a step form a set written one file at a time, each atomically, the model file last: a model
+file is therefore always part of a complete set, whenever the writing process was killed.
 """
 
+import errno
 import json
 import os
 import random
@@ -22,6 +27,13 @@ CONFIG_NAME = "train_config.json"
 # Model flags that change no weight and may differ on resume (memory / kernel choices).
 FREE_ON_RESUME = ("use_checkpoint", "attention_impl", "classifier_attention_impl")
 CHECKPOINT_RE = re.compile(r"^(?:model|opt|state|ema_[0-9.]+_)(\d{6,})\.pt$")
+TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # the suffix of a file being written (see write_file)
+SET_ASIDE_PREFIX = "set_aside_after_step"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled up while a checkpoint set was written; the previous set is intact."""
 
 
 def model_filename(step):
@@ -46,38 +58,92 @@ def parse_resume_step_from_filename(filename):
     return int(match.group(1)) if match else None
 
 
-def save_atomically(obj, path):
-    """torch.save `obj` to `path` so that readers never see a partial file.
+def checkpoint_set_names(step, ema_rates):
+    """The file names of step's checkpoint set, in the order they are written (the model file last)."""
+    return [*(ema_filename(rate, step) for rate in ema_rates), opt_filename(step), state_filename(step),
+            model_filename(step)]
 
-    Local paths: write a temp file beside it, then rename. Object stores (gs://, az://) only publish
-    a blob when its upload completes, so they are written directly.
+
+def write_file(path, write):
+    """Create `path` with write(f) (f: a binary file) so that no reader ever sees a partial file.
+
+    Local paths: a temp file `<path>.tmp-<hex>` beside it, flushed to disk, renamed over `path`, and the
+    rename made durable (the folder synced). A killed process leaves at most the temp file, removed at the
+    next start (remove_temp_files). Object stores (gs://, az://) publish a blob only when its upload
+    completes, so they are written directly.
     """
     if "://" in path:
         with bf.BlobFile(path, "wb") as f:
-            th.save(obj, f)
+            write(f)
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
-            th.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(os.path.dirname(path) or ".")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _sync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomically(obj, path):
+    """torch.save `obj` to `path` through write_file."""
+    write_file(path, lambda f: th.save(obj, f))
+
+
 def write_json_atomically(obj, path):
+    """Write `obj` as indented JSON to `path` through write_file."""
     text = json.dumps(obj, indent=2, sort_keys=True)
-    if "://" in path:
-        with bf.BlobFile(path, "w") as f:
-            f.write(text)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_file(path, lambda f: f.write(text.encode()))
+
+
+def write_checkpoint_set(log_dir, step, files, intact):
+    """torch.save each {name: object} of step's set into log_dir, in order (the model file last).
+
+    intact: the model file of the newest complete set, or None; named when the disk fills up, which
+    raises DiskFullError after removing the files of this (incomplete) set written so far.
+    A file that already exists is not overwritten (FileExistsError: another run in the same folder?).
+    """
+    written = []
+    try:
+        for name, obj in files.items():
+            path = bf.join(log_dir, name)
+            if bf.exists(path):
+                raise FileExistsError(f"{path} appeared while training (another run in the same "
+                                      f"OPENAI_LOGDIR?); not overwriting it")
+            save_atomically(obj, path)
+            written.append(path)
+    except Exception as exc:
+        if not _disk_full(exc):
+            raise
+        for path in written:
+            bf.remove(path)
+        kept = (f"the newest complete set is intact: resume with --resume_checkpoint {intact}" if intact
+                else "no earlier checkpoint set exists")
+        raise DiskFullError(errno.ENOSPC, f"the disk is full: the checkpoint of step {step} could not be written "
+                                          f"to {log_dir} (its partial files were removed); {kept}. Free some "
+                                          f"space, or resume with OPENAI_LOGDIR set to a folder on another "
+                                          f"disk") from exc
+
+
+def _disk_full(exc):
+    """True when exc, or an exception it was raised from, is ENOSPC / EDQUOT (torch may wrap it)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def checkpoint_steps_in(log_dir):
@@ -92,13 +158,58 @@ def checkpoint_steps_in(log_dir):
     return found
 
 
+def same_folder(a, b):
+    """Whether two folder paths (local or blobfile) name the same folder."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def remove_temp_files(log_dir):
+    """Delete the temp files that an interrupted write_file left in log_dir; returns their names."""
+    if not bf.isdir(log_dir):
+        return []
+    names = sorted(name for name in bf.listdir(log_dir) if TEMP_RE.search(name))
+    for name in names:
+        bf.remove(bf.join(log_dir, name))
+    return names
+
+
+def set_aside_later_files(log_dir, step):
+    """Move the checkpoint files of steps after `step` (a resumed run's future, possibly incomplete sets)
+    into a new folder log_dir/set_aside_after_stepNNNNNN[_K]; nothing is deleted.
+
+    Returns (that folder, the names moved), or (None, []) when there is nothing to move.
+    """
+    names = sorted(name for later, found in checkpoint_steps_in(log_dir).items() if later > step for name in found)
+    if not names:
+        return None, []
+    folder = bf.join(log_dir, f"{SET_ASIDE_PREFIX}{step:06d}")
+    k = 1
+    while bf.exists(folder):
+        k += 1
+        folder = bf.join(log_dir, f"{SET_ASIDE_PREFIX}{step:06d}_{k}")
+    bf.makedirs(folder)
+    for name in names:
+        _move(bf.join(log_dir, name), bf.join(folder, name))
+    return folder, names
+
+
+def _move(src, dst):
+    if "://" in src:
+        bf.copy(src, dst)
+        bf.remove(src)
+    else:
+        os.replace(src, dst)
+
+
 def check_log_dir_is_free(log_dir, start_step, resume_dir=None):
     """Refuse to start where this run's saves could overwrite checkpoints of a different run.
 
     Files at steps >= start_step are a conflict, except the resumed checkpoint's own files when the run
-    continues in the folder it was resumed from.
+    continues in the folder it was resumed from (whose later files set_aside_later_files moves away first).
     """
-    same_dir = resume_dir is not None and os.path.abspath(resume_dir) == os.path.abspath(log_dir)
+    same_dir = resume_dir is not None and same_folder(resume_dir, log_dir)
     conflicts = sorted(
         name
         for step, names in checkpoint_steps_in(log_dir).items()

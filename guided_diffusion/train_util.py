@@ -2,9 +2,10 @@
 `ClassifierTrainLoop` for the noisy-image classifier (classifier_train).
 
 Both share one base: micro-batches (DDP gradient sync only on the last), fp16 with fp32 master weights
-or bf16 autocast, AdamW, logging every log_interval steps, checkpoints every save_interval steps, exact
-resume (see train_state), a final checkpoint on SIGINT/SIGTERM, and a clear stop after too many
-consecutive skipped (non-finite) steps. `step` always counts completed training steps.
+or bf16 autocast, AdamW, logging every log_interval steps, checkpoint sets every save_interval steps that
+survive a kill at any moment, exact resume from any complete set (see train_state), a final checkpoint
+and exit status 128 + signal on SIGINT/SIGTERM, and a clear stop after too many consecutive skipped
+(non-finite) steps. `step` always counts completed training steps.
 """
 
 import contextlib
@@ -50,7 +51,8 @@ class _LoopBase:
 
     def __init__(self, *, model, data, batch_size, microbatch, lr, weight_decay, log_interval, save_interval,
                  resume_checkpoint, use_fp16, fp16_scale_growth, schedule_sampler, ema_rate="",
-                 use_bf16=False, init_checkpoint="", max_steps=0, max_skipped_steps=100, run_config=None):
+                 use_bf16=False, init_checkpoint="", max_steps=0, max_skipped_steps=100, run_config=None,
+                 ema_warmup=False):
         if use_fp16 and use_bf16:
             raise ValueError("choose one of --use_fp16 True (fp16 weights, loss scaling) and --use_bf16 True")
         self.model, self.data = model, data
@@ -58,7 +60,7 @@ class _LoopBase:
         self.microbatch = microbatch if microbatch > 0 else batch_size
         self.lr, self.weight_decay = lr, weight_decay
         self.log_interval, self.save_interval = log_interval, save_interval
-        self.ema_rate = parse_ema_rates(ema_rate)
+        self.ema_rate, self.ema_warmup = parse_ema_rates(ema_rate), ema_warmup
         self.use_bf16, self.max_steps, self.max_skipped_steps = use_bf16, max_steps, max_skipped_steps
         self.run_config = run_config
         self.global_batch = batch_size * dist_util.get_world_size()
@@ -67,7 +69,8 @@ class _LoopBase:
         resume = _ResumeFiles(resume_checkpoint) if resume_checkpoint else None
         self.step = resume.step if resume else 0
         self._check_run_config(resume)
-        train_state.check_log_dir_is_free(self.log_dir, self.step, resume.dir if resume else None)
+        dist_util.on_rank0(functools.partial(_prepare_log_dir, self.log_dir, self.step, resume))
+        self._last_checkpoint = resume.model_path if resume else None  # the newest complete set's model file
         if init_checkpoint:
             logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
             load_checkpoint(model, init_checkpoint)
@@ -161,9 +164,14 @@ class _LoopBase:
     # ----- the loop -----
 
     def run_loop(self):
-        """Train until max_steps / the anneal end (or forever), or until SIGINT/SIGTERM; then save."""
+        """Train until max_steps / the anneal end (or forever), then save.
+
+        On SIGINT/SIGTERM: finish the current step, save it, log the resume command and raise
+        SystemExit(128 + the signal number), so a stopped run never looks finished (143 for SIGTERM).
+        """
+        signum = 0
         with _StopSignals() as stop:
-            while not self._finished():
+            while not self._finished() and not signum:
                 batch, cond = next(self.data)
                 self.run_step(batch, cond)
                 if self.step % self.log_interval == 0:
@@ -171,10 +179,13 @@ class _LoopBase:
                     logger.dumpkvs()
                 if self.step % self.save_interval == 0:
                     self.save()
-                if stop.agreed():
-                    logger.log(f"received {stop.name}: saving step {self.step} and stopping")
-                    break
-        self.save()
+                signum = stop.agreed()
+            if signum:
+                logger.log(f"received {signal.Signals(signum).name}: saving step {self.step} and stopping")
+            self.save()
+        if signum:
+            logger.log(f"stopped by {signal.Signals(signum).name}; {self._resume_hint()}")
+            raise SystemExit(128 + signum)
 
     def _finished(self):
         return bool(self.max_steps) and self.step >= self.max_steps
@@ -215,7 +226,7 @@ class _LoopBase:
     def _update_ema(self):
         source = [p.detach() for p in self.mp_trainer.master_params]
         for rate, params in zip(self.ema_rate, self.ema_params):
-            update_ema(params, source, rate=rate)
+            update_ema(params, source, rate=ema_rate_at(rate, self.step, self.ema_warmup))
 
     def _count_skip(self):
         self._skipped_in_a_row += 1
@@ -224,13 +235,17 @@ class _LoopBase:
         if reason == NONFINITE_LOSS:
             logger.log(f"step {self.step}: the loss is not finite (not a gradient overflow); step skipped")
         if self._skipped_in_a_row >= self.max_skipped_steps:
-            last = self._last_saved_step
             raise TrainingStopped(
                 f"{self._skipped_in_a_row} consecutive steps were skipped (last reason: {reason}, "
                 f"lg_loss_scale {self.mp_trainer.lg_loss_scale:.3f}); stopping without saving. The last good "
-                f"checkpoint is step {last} in {self.log_dir}. Lower --lr, check the data, or train with "
-                f"--use_fp16 False / --use_bf16 True."
+                f"checkpoint is step {self._last_saved_step}: {self._resume_hint()}. Lower --lr, check the "
+                f"data, or train with --use_fp16 False / --use_bf16 True."
             )
+
+    def _resume_hint(self):
+        if self._last_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"resume with --resume_checkpoint {self._last_checkpoint}"
 
     def log_step(self):
         logger.logkv("step", self.step)
@@ -242,26 +257,19 @@ class _LoopBase:
     # ----- checkpoints -----
 
     def save(self):
-        """Write the checkpoint files of the current step (atomically; once per step)."""
+        """Write the checkpoint set of the current step, the model file last (once per step; rank 0)."""
         if self.step == self._last_saved_step:
             return
-        files = {train_state.model_filename(self.step): self.mp_trainer.master_params_to_state_dict(
-            self.mp_trainer.master_params)}
-        for rate, params in zip(self.ema_rate, self.ema_params):
-            files[train_state.ema_filename(rate, self.step)] = self.mp_trainer.master_params_to_state_dict(params)
-        files[train_state.opt_filename(self.step)] = self.opt.state_dict()
-        files[train_state.state_filename(self.step)] = self._train_state()
+        to_state_dict = self.mp_trainer.master_params_to_state_dict
+        objects = [*(to_state_dict(params) for params in self.ema_params), self.opt.state_dict(),
+                   self._train_state(), to_state_dict(self.mp_trainer.master_params)]
+        files = dict(zip(train_state.checkpoint_set_names(self.step, self.ema_rate), objects))
+        dist_util.on_rank0(functools.partial(train_state.write_checkpoint_set, self.log_dir, self.step, files,
+                                             self._last_checkpoint))
         if dist_util.get_rank() == 0:
-            for name, obj in files.items():
-                path = bf.join(self.log_dir, name)
-                if bf.exists(path):
-                    raise FileExistsError(f"{path} appeared while training (another run in the same "
-                                          f"OPENAI_LOGDIR?); not overwriting it")
-                train_state.save_atomically(obj, path)
             logger.log(f"saved checkpoint of step {self.step} to {self.log_dir}")
         self._last_saved_step = self.step
-        if dist.is_initialized():
-            dist.barrier()
+        self._last_checkpoint = bf.join(self.log_dir, train_state.model_filename(self.step))
 
     def _train_state(self):
         mine = {"rng": train_state.rng_state(),
@@ -282,6 +290,7 @@ class TrainLoop(_LoopBase):
     init_checkpoint:   weights to start from at step 0 (fine-tuning a released model).
     max_steps:         stop after this many completed steps (0: run until lr_anneal_steps or forever).
     max_skipped_steps: stop with TrainingStopped after this many consecutive skipped steps.
+    ema_warmup:        the EMA update after step n uses min(rate, (1 + n) / (10 + n)) (off: the fixed rate).
     run_config:        {"model_flags", "train_flags", "class_names"} written to train_config.json and
                        checked when resuming.
     """
@@ -391,6 +400,12 @@ def set_annealed_lr(opt, base_lr, frac_done):
         group["lr"] = base_lr * (1 - frac_done)
 
 
+def ema_rate_at(rate, step, warmup):
+    """The EMA rate of the update after training step `step` (1, 2, ...): with warm-up
+    min(rate, (1 + step) / (10 + step)), so a short run's EMA is not stuck near its random start."""
+    return min(rate, (1 + step) / (10 + step)) if warmup else rate
+
+
 def update_ema(target_params, source_params, rate=0.99):
     """target <- rate * target + (1 - rate) * source, in place, for lists of tensors."""
     th._foreach_mul_(target_params, rate)
@@ -444,13 +459,28 @@ class _ResumeFiles:
         return self._beside(train_state.ema_filename(rate, self.step))
 
 
+def _prepare_log_dir(log_dir, start_step, resume):
+    """Tidy log_dir for a run starting at start_step (rank 0 only): remove the temp files of an interrupted
+    save; when a run resumes in its own folder, move the files of later steps aside; refuse other conflicts."""
+    removed = train_state.remove_temp_files(log_dir)
+    if removed:
+        logger.log(f"removed {len(removed)} temp file(s) left in {log_dir} by an interrupted save: "
+                   f"{', '.join(removed)}")
+    if resume is not None and resume.named_like_run and train_state.same_folder(resume.dir, log_dir):
+        folder, moved = train_state.set_aside_later_files(log_dir, start_step)
+        if moved:
+            logger.warn(f"resuming from step {start_step}: moved the {len(moved)} files of later checkpoints "
+                        f"(complete or not) aside to {folder}, deleting nothing: {', '.join(moved)}")
+    train_state.check_log_dir_is_free(log_dir, start_step, resume.dir if resume else None)
+
+
 class _StopSignals:
     """Context that turns SIGINT/SIGTERM into a stop request agreed on by all ranks."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.name, self._old = None, {}
+        self.signum, self._old = 0, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -463,18 +493,16 @@ class _StopSignals:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        self.name = signal.Signals(signum).name
+        self.signum = signum
 
     def agreed(self):
-        """True when any rank received a signal (one small all-reduce when several ranks run)."""
+        """The signal number any rank received, else 0 (one small all-reduce when several ranks run)."""
         if dist_util.get_world_size() == 1:
-            return self.name is not None
+            return self.signum
         device = dist_util.dev() if dist.get_backend() == "nccl" else "cpu"
-        flag = th.tensor([float(self.name is not None)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.name is None:
-            self.name = "a signal on another rank"
-        return bool(flag.item())
+        received = th.tensor([self.signum], device=device)
+        dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        return int(received.item())
 
 
 # ----- helpers shared by the training scripts -----

@@ -1,5 +1,5 @@
-"""Shared pieces of the training tests: tiny model flags, a session-wide Fashion-MNIST export, and
-running the training scripts in subprocesses (single process, mpiexec or torchrun)."""
+"""Shared pieces of the training tests: tiny model flags, a session-wide Fashion-MNIST export, a tiny
+seeded training loop, and running the training scripts in subprocesses (single process, mpiexec or torchrun)."""
 
 import csv
 import importlib.util
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch as th
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -20,6 +21,49 @@ TINY_UNET = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult=
                  num_head_channels=-1, num_heads=2, class_cond=True, num_classes=10, diffusion_steps=100)
 TINY_CLASSIFIER = dict(image_size=32, classifier_width=32, classifier_depth=1, classifier_channel_mult="1,2",
                        classifier_attention_resolutions="16", num_classes=10, diffusion_steps=100)
+
+
+# A small learned-sigma class-conditional UNet at 16x16 for the checkpoint-set tests.
+MICRO_UNET = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+                  num_heads=1, class_cond=True, num_classes=4, diffusion_steps=50, learn_sigma=True)
+
+
+class SeededBatches:
+    """An endless, resumable stream like load_data's: batch i ([2, 3, 16, 16] in [-1, 1], {"y": [2]}) is
+    drawn from a generator seeded with i, so there is nothing to decode."""
+
+    def __init__(self):
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        gen = th.Generator().manual_seed(self.index)
+        self.index += 1
+        return th.rand(2, 3, 16, 16, generator=gen) * 2 - 1, {"y": th.randint(0, 4, (2,), generator=gen)}
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
+def tiny_loop(log_dir, max_steps, resume="", **options):
+    """A seeded TrainLoop of MICRO_UNET on SeededBatches logging to log_dir (stdout, log.txt, progress.csv):
+    EMA rates 0.9 and 0.99, a row every step, a checkpoint set every 2 steps."""
+    from guided_diffusion import logger
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+    from guided_diffusion.train_util import TrainLoop, seed_all
+
+    logger.configure(dir=str(log_dir))
+    seed_all(0)
+    flags = dict(model_and_diffusion_defaults(), **MICRO_UNET)
+    model, diffusion = create_model_and_diffusion(**flags)
+    kwargs = dict(batch_size=2, microbatch=-1, lr=1e-3, ema_rate="0.9,0.99", log_interval=1, save_interval=2,
+                  resume_checkpoint=str(resume), max_steps=max_steps, run_config={"model_flags": flags})
+    return TrainLoop(model=model, diffusion=diffusion, data=SeededBatches(), **dict(kwargs, **options))
 
 
 def to_argv(flags):

@@ -1,4 +1,5 @@
-"""dist_util: launch detection, device choice, read-once-and-broadcast loading, under MPI and torchrun."""
+"""dist_util: launch detection, device choice, read-once-and-broadcast loading, rank-0 work, variable-length
+gathers, under MPI and torchrun."""
 
 import subprocess
 import sys
@@ -29,6 +30,17 @@ WORKER = textwrap.dedent("""
     p = th.full((3,), float(rank))
     dist_util.sync_params([p])
     assert th.equal(p, th.zeros(3))
+    # variable-length gather: rank r sends r + 1 rows
+    rows = dist_util.all_gather_rows(th.arange(2 * (rank + 1), dtype=th.uint8).view(-1, 2) + 10 * rank)
+    assert [r.tolist() for r in rows] == [[[0, 1]], [[10, 11], [12, 13]]], rows
+    # rank-0 work: its result on every rank, its exception raised on every rank
+    assert dist_util.on_rank0(lambda: f"from rank {rank}") == "from rank 0"
+    try:
+        dist_util.on_rank0(lambda: [][rank])
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("rank 0's exception was not raised on rank " + str(rank))
     # means are pooled over ranks, weighted by counts: rank 0 logs 1.0 (x1), rank 1 logs 4.0 (x3)
     logger.logkv_mean("m", 1.0 + 3.0 * rank, n=1 + 2 * rank)
     row = logger.dumpkvs()
@@ -64,6 +76,14 @@ def test_single_process_needs_no_mpi(tmp_path):
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.stdout.split() == ["1", "cpu", "False"], out.stderr
+
+
+def test_single_process_gather_and_rank0_work_are_direct():
+    rows = th.ones(3, 2)
+    assert dist_util.all_gather_rows(rows)[0] is rows and len(dist_util.all_gather_rows(rows)) == 1
+    assert dist_util.on_rank0(lambda: 7) == 7
+    with pytest.raises(KeyError):
+        dist_util.on_rank0(lambda: {}["missing"])
 
 
 def test_launch_detection(monkeypatch):

@@ -6,7 +6,7 @@ import torch as th
 from PIL import Image
 
 from _train_helpers import fashion_dir, load_fashion_module  # noqa: F401 (session fixture)
-from guided_diffusion import dist_util, image_datasets
+from guided_diffusion import dist_util, image_datasets, logger
 from guided_diffusion.image_datasets import center_crop_arr, load_data, random_crop_arr
 
 
@@ -85,15 +85,31 @@ def test_shards_by_rank(tmp_path, monkeypatch):
     assert set(seen[0]).isdisjoint(seen[1]) and len(seen[0]) + len(seen[1]) == 6
 
 
-def test_corrupt_image_is_skipped_named_and_counted(tmp_path):
-    _folder(tmp_path)
-    (tmp_path / "a_bad.png").write_bytes(b"not a png at all")
-    data = load_data(data_dir=str(tmp_path), batch_size=7, image_size=8, class_cond=True, deterministic=True,
-                     num_workers=0)
-    with pytest.warns(UserWarning, match="a_bad.png"):
-        images, _ = next(data)
-    assert images.shape[0] == 7 and th.isfinite(images).all()
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_corrupt_image_is_skipped_and_reported_once_in_log_txt(tmp_path, num_workers):
+    _folder(tmp_path / "data")
+    (tmp_path / "data" / "a_bad.png").write_bytes(b"not a png at all")
+    logger.configure(dir=str(tmp_path / "log"), format_strs=["log"])
+    data = load_data(data_dir=str(tmp_path / "data"), batch_size=7, image_size=8, class_cond=True,
+                     deterministic=True, num_workers=num_workers)
+    batches = [next(data)[0] for _ in range(3)]  # three epochs of one batch, each meeting the bad file
+    assert all(b.shape[0] == 7 and th.isfinite(b).all() for b in batches)
     assert [p.rsplit("/", 1)[-1] for p in data.skipped_files] == ["a_bad.png"]
+    warnings = [line for line in (tmp_path / "log" / "log.txt").read_text().splitlines() if "a_bad.png" in line]
+    assert len(warnings) == 1 and "skipping unreadable image" in warnings[0], warnings
+
+
+def test_image_channels_one_gives_greyscale_batches(tmp_path):
+    _write(tmp_path, "a_0.png", (255, 0, 0))  # pure red: luma 0.299 * 255 -> 76
+    _write(tmp_path, "b_0.png", (0, 0, 255))  # pure blue: 0.114 * 255 -> 29
+    kwargs = dict(data_dir=str(tmp_path), batch_size=2, image_size=8, class_cond=True, deterministic=True,
+                  num_workers=0)
+    grey, cond = next(load_data(**kwargs, image_channels=1))
+    assert grey.shape == (2, 1, 8, 8)
+    assert th.equal(grey[:, 0, 0, 0], th.tensor([76, 29]) / 127.5 - 1) and cond["y"].tolist() == [0, 1]
+    assert next(load_data(**kwargs))[0].shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="image_channels=2: use 3 .* or 1"):
+        load_data(**kwargs, image_channels=2)
 
 
 def test_empty_or_missing_dir_is_a_clear_error(tmp_path):

@@ -1,5 +1,5 @@
-"""TrainLoop / MixedPrecisionTrainer in-process on tiny models: exact resume, fp16 skips, EMA, checkpoint
-files, signals, and the refusals (missing resume file, other flags, overwriting another run)."""
+"""TrainLoop / MixedPrecisionTrainer in-process on tiny models: exact resume, fp16 skips, EMA and its warm-up,
+checkpoint files, signals, and the refusals (missing resume file, other flags, overwriting another run)."""
 
 import os
 import signal
@@ -15,9 +15,9 @@ from guided_diffusion.fp16_util import GRAD_OVERFLOW, NONFINITE_LOSS, STEP_TAKEN
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.train_util import TrainingStopped, TrainLoop, log_loss_dict, seed_all, update_ema
+from guided_diffusion.train_util import TrainingStopped, TrainLoop, ema_rate_at, log_loss_dict, seed_all, update_ema
 
-from _train_helpers import read_progress
+from _train_helpers import read_progress, tiny_loop
 
 
 def make_loop(log_dir, data_dir, resume="", data=None, model_overrides=None, **options):
@@ -90,6 +90,27 @@ def test_update_ema_closed_form():
     target, source = [th.tensor([1.0, 2.0])], [th.tensor([3.0, -2.0])]
     update_ema(target, source, rate=0.75)
     assert th.allclose(target[0], th.tensor([1.5, 1.0]))
+
+
+def test_ema_warmup_rate_closed_form():
+    assert [ema_rate_at(0.9999, n, warmup=True) for n in (1, 2, 10)] == [2 / 11, 3 / 12, 11 / 20]
+    assert ema_rate_at(0.9, 80, warmup=True) == 81 / 90 and ema_rate_at(0.9, 81, warmup=True) == 0.9  # capped
+    assert ema_rate_at(0.9999, 1, warmup=False) == 0.9999  # off: the release's fixed rate
+
+
+def test_ema_warmup_in_the_loop_follows_the_closed_form(tmp_path):
+    loop = tiny_loop(tmp_path, max_steps=4, ema_warmup=True, save_interval=1)
+    ema = {k: v.clone() for k, v in loop.model.state_dict().items()}  # the EMA starts at the initial weights
+    loop.run_loop()
+    for n in range(1, 5):
+        weights = _load(tmp_path / f"model{n:06d}.pt")
+        rate = min(0.99, (1 + n) / (10 + n))
+        for k in ema:
+            ema[k] = ema[k] * rate + weights[k] * (1 - rate)
+        saved = _load(tmp_path / f"ema_0.99_{n:06d}.pt")
+        assert all(th.allclose(saved[k], ema[k], rtol=0, atol=1e-6) for k in ema), n
+    # (1 + n) / (10 + n) < 0.9 for n <= 4: both rates follow the warm-up and give the same EMA
+    assert all(th.equal(saved[k], v) for k, v in _load(tmp_path / "ema_0.9_000004.pt").items())
 
 
 def test_log_loss_dict_quartiles(tmp_path):
@@ -205,10 +226,12 @@ def test_consecutive_nonfinite_steps_stop_and_keep_the_last_good_checkpoint(tmp_
     assert all(th.isfinite(p).all() for p in loop.model.parameters())
 
 
-def test_sigterm_saves_a_final_checkpoint_and_stops(tmp_path, fashion_dir):
+def test_sigterm_saves_a_final_checkpoint_and_exits_143(tmp_path, fashion_dir):
     previous = signal.getsignal(signal.SIGTERM)
     loop = make_loop(tmp_path, fashion_dir, data=_batches(fashion_dir, signal_at=2), max_steps=50)
-    loop.run_loop()
+    with pytest.raises(SystemExit) as stop:
+        loop.run_loop()
+    assert stop.value.code == 128 + signal.SIGTERM
     assert loop.step == 2 and (tmp_path / "model000002.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is previous
 
@@ -217,11 +240,12 @@ def test_refusals_name_the_problem(tmp_path, fashion_dir):
     with pytest.raises(FileNotFoundError, match="--resume_checkpoint"):
         make_loop(tmp_path / "x", fashion_dir, resume=str(tmp_path / "nope" / "model000003.pt"))
     make_loop(tmp_path / "run", fashion_dir, max_steps=2, save_interval=1).run_loop()
+    make_loop(tmp_path / "base", fashion_dir, max_steps=1, save_interval=1).run_loop()
     files = sorted(os.listdir(tmp_path / "run"))
     with pytest.raises(FileExistsError, match="already holds checkpoints"):  # a fresh run in a used folder
         make_loop(tmp_path / "run", fashion_dir, max_steps=2)
-    with pytest.raises(FileExistsError, match="model000002.pt"):  # resuming from step 1 would overwrite step 2
-        make_loop(tmp_path / "run", fashion_dir, resume=str(tmp_path / "run" / "model000001.pt"))
+    with pytest.raises(FileExistsError, match="at or after step 1"):  # another run's files would be overwritten
+        make_loop(tmp_path / "run", fashion_dir, resume=str(tmp_path / "base" / "model000001.pt"))
     with pytest.raises(ValueError, match="--num_channels: checkpoint 32, now 64"):
         make_loop(tmp_path / "new", fashion_dir, resume=str(tmp_path / "run" / "model000002.pt"),
                   model_overrides={"num_channels": 64})

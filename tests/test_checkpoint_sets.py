@@ -1,0 +1,157 @@
+"""Checkpoint sets that survive anything: real SIGKILLs of a training process in the middle of its saves,
+resuming from an older complete set in the same folder, a full disk, and the exit status after a signal."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+
+import pytest
+import torch as th
+
+from _train_helpers import PYTHON, REPO, read_progress, tiny_loop
+from guided_diffusion import train_state
+
+# Trains tiny_loop(LOG_DIR, MAX_STEPS[, RESUME]); with PAUSE_S set, every torch.save into a checkpoint's
+# temp file prints "wrote <temp name>" and then sleeps, so that a kill lands between the files of a set.
+DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import torch as th
+    from _train_helpers import tiny_loop
+
+    pause, save = float(os.environ.get("PAUSE_S", "0")), th.save
+
+    def announced_save(obj, f):
+        save(obj, f)
+        print("wrote", os.path.basename(f.name), flush=True)
+        time.sleep(pause)
+
+    if pause:
+        th.save = announced_save
+    tiny_loop(sys.argv[1], int(sys.argv[2]), *sys.argv[3:]).run_loop()
+""")
+
+
+def train(log_dir, max_steps, resume="", stop_at=None, sig=signal.SIGKILL, pause=0.0):
+    """Run the driver; when a line of its output contains `stop_at`, send it `sig`. -> (exit status, output)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), PAUSE_S=str(pause))
+    proc = subprocess.Popen([PYTHON, "-c", DRIVER, str(log_dir), str(max_steps), *([str(resume)] if resume else [])],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if stop_at is not None and stop_at in line:
+            proc.send_signal(sig)
+            break
+    lines.append(proc.stdout.read())
+    return proc.wait(timeout=300), "".join(lines)
+
+
+def newest_model_file(log_dir):
+    return max(log_dir.glob("model*.pt"))
+
+
+def _load(path):
+    return th.load(path, weights_only=True)
+
+
+def assert_same_files(dir_a, dir_b, names):
+    for name in names:
+        a, b = _load(dir_a / name), _load(dir_b / name)
+        if name.startswith("opt"):
+            a, b = ({i: s["exp_avg_sq"] for i, s in x["state"].items()} for x in (a, b))
+        assert a.keys() == b.keys() and all(th.equal(a[k], b[k]) for k in a), name
+
+
+def losses_by_step(log_dir):
+    """{step: loss} from progress.csv; a step logged twice (before a kill and after the resume) must agree."""
+    seen = {}
+    for row in read_progress(log_dir):
+        assert seen.setdefault(row["step"], row["loss"]) == row["loss"], row
+    return seen
+
+
+SET_6 = ["model000006.pt", "ema_0.9_000006.pt", "ema_0.99_000006.pt", "opt000006.pt"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 6-step run (sets at steps 2, 4, 6)."""
+    log_dir = tmp_path_factory.mktemp("straight")
+    status, out = train(log_dir, 6)
+    assert status == 0, out
+    return log_dir
+
+
+def test_sigkill_mid_save_then_resume_from_the_newest_model_file_is_exact(tmp_path, straight):
+    run = tmp_path / "run"
+    # 1. killed after the first file of step 4 went to its temp file: step 2 is the newest (complete) set
+    status, out = train(run, 6, stop_at="wrote ema_0.9_000004.pt.tmp-", pause=0.3)
+    assert status == -signal.SIGKILL, out
+    assert any(".tmp-" in p.name for p in run.iterdir()) and newest_model_file(run).name == "model000002.pt"
+    # 2. resumed from it, killed with every file of step 4 renamed but the model file, still a temp file
+    status, out = train(run, 6, resume=newest_model_file(run), stop_at="wrote model000004.pt.tmp-", pause=0.3)
+    assert status == -signal.SIGKILL and "removed 1 temp file(s)" in out, out
+    assert {"opt000004.pt", "state000004.pt", "ema_0.9_000004.pt"} <= {p.name for p in run.iterdir()}
+    assert newest_model_file(run).name == "model000002.pt"
+    # 3. resumed again: the incomplete step-4 files are moved aside; killed in the middle of step 6's set
+    status, out = train(run, 6, resume=newest_model_file(run), stop_at="wrote ema_0.99_000006.pt.tmp-", pause=0.3)
+    assert status == -signal.SIGKILL, out
+    aside = run / "set_aside_after_step000002"
+    assert f"aside to {aside}" in out and "removed 1 temp file(s)" in out, out
+    assert sorted(p.name for p in aside.iterdir()) == ["ema_0.99_000004.pt", "ema_0.9_000004.pt", "opt000004.pt",
+                                                       "state000004.pt"]
+    # 4. resumed from the newest model file (step 4, complete): runs to the end
+    status, out = train(run, 6, resume=newest_model_file(run))
+    assert status == 0 and f"resuming from {run / 'model000004.pt'} at step 4" in out, out
+    assert [p.name for p in (run / "set_aside_after_step000004").iterdir()] == ["ema_0.9_000006.pt"]
+    assert not any(".tmp-" in p.name for p in run.rglob("*"))
+    assert_same_files(straight, run, SET_6)
+    assert losses_by_step(run) == losses_by_step(straight) and len(losses_by_step(run)) == 6
+
+
+def test_resume_from_an_older_complete_set_in_the_same_folder(tmp_path, straight):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    status, out = train(run, 6, resume=run / "model000002.pt")
+    assert status == 0, out
+    aside = run / "set_aside_after_step000002"
+    assert f"moved the 10 files of later checkpoints (complete or not) aside to {aside}" in out
+    assert_same_files(straight, run, SET_6)  # the same as the set it replaced
+    assert_same_files(straight, aside, SET_6 + ["model000004.pt"])  # moved, not deleted
+
+
+def test_disk_full_during_a_save_names_the_intact_set(tmp_path, monkeypatch):
+    tiny_loop(tmp_path, max_steps=2).run_loop()
+    before = sorted(os.listdir(tmp_path))
+    save = th.save
+
+    def disk_fills_at_the_opt_file(obj, f):
+        if "opt000004" in f.name:
+            f.write(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f)
+
+    monkeypatch.setattr(train_state.th, "save", disk_fills_at_the_opt_file)
+    loop = tiny_loop(tmp_path, max_steps=4, resume=tmp_path / "model000002.pt")
+    with pytest.raises(train_state.DiskFullError) as failure:
+        loop.run_loop()
+    message = str(failure.value)
+    assert failure.value.errno == errno.ENOSPC and "the disk is full" in message and "step 4" in message
+    assert f"intact: resume with --resume_checkpoint {tmp_path / 'model000002.pt'}" in message
+    assert sorted(os.listdir(tmp_path)) == before  # step 4's partial files and temp file are gone
+    monkeypatch.undo()
+    tiny_loop(tmp_path, max_steps=4, resume=tmp_path / "model000002.pt").run_loop()
+    assert (tmp_path / "model000004.pt").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_logs_the_resume_command_and_exits_128_plus_its_number(tmp_path, sig):
+    status, out = train(tmp_path, 1000, stop_at="saved checkpoint of step 2", sig=sig)
+    assert status == 128 + sig, out  # 143 for SIGTERM, 130 for SIGINT
+    step = int(out.split("saving step ")[1].split()[0])
+    model = tmp_path / train_state.model_filename(step)
+    assert f"stopped by {sig.name}; resume with --resume_checkpoint {model}" in out and model.exists()
+    assert f"stopped by {sig.name}" in (tmp_path / "log.txt").read_text()
