@@ -316,17 +316,23 @@ class TrainLoop(_LoopBase):
             set_annealed_lr(self.opt, self.lr, self.step / self.lr_anneal_steps)
 
     def forward_backward(self, batch, cond):
+        """Accumulate the gradients of the importance-weighted diffusion loss over the micro-batches.
+
+        Each micro-batch draws its timesteps t with weights w from the schedule sampler (w = 1 when uniform),
+        logs every loss term times w, and backpropagates mean(w * loss); a loss-aware sampler learns from
+        the unweighted losses.
+        """
         self.mp_trainer.zero_grad()
+        learns = isinstance(self.schedule_sampler, LossAwareSampler)
         for micro, micro_cond, is_last in self.micro_batches(batch, cond):
             t, weights = self.schedule_sampler.sample(micro.shape[0], dist_util.dev())
-            compute_losses = functools.partial(self.diffusion.training_losses, self.ddp_model, micro, t,
-                                               model_kwargs=micro_cond)
-            losses = self.forward(is_last, compute_losses)
-            if isinstance(self.schedule_sampler, LossAwareSampler):
-                self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
-            loss = (losses["loss"] * weights).mean()
-            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
-            self.mp_trainer.backward(loss)
+            terms = self.forward(is_last, lambda: self.diffusion.training_losses(self.ddp_model, micro, t,
+                                                                                 model_kwargs=micro_cond))
+            if learns:
+                self.schedule_sampler.update_with_local_losses(t, terms["loss"].detach())
+            weighted = {name: values * weights for name, values in terms.items()}
+            log_loss_dict(self.diffusion, t, weighted)
+            self.mp_trainer.backward(weighted["loss"].mean())
 
 
 class ClassifierTrainLoop(_LoopBase):
@@ -359,11 +365,8 @@ class ClassifierTrainLoop(_LoopBase):
     def forward_backward(self, batch, cond, prefix="train"):
         """Cross-entropy of the classifier on (noised) batch; backward only for prefix "train"."""
         batch, labels = batch.to(dist_util.dev()), cond["y"].to(dist_util.dev())
-        if self.noised:
-            t, _ = self.schedule_sampler.sample(batch.shape[0], dist_util.dev())
-            batch = self.diffusion.q_sample(batch, t)
-        else:
-            t = th.zeros(batch.shape[0], dtype=th.long, device=dist_util.dev())
+        t = self._noise_timesteps(batch.shape[0])
+        batch = self.diffusion.q_sample(batch, t) if self.noised else batch
         training = prefix == "train"
         if training:
             self.mp_trainer.zero_grad()
@@ -378,6 +381,12 @@ class ClassifierTrainLoop(_LoopBase):
             })
             if training:
                 self.mp_trainer.backward(loss.mean() * len(sub_batch) / len(batch))
+
+    def _noise_timesteps(self, n):
+        """[n] timesteps the batch is noised at: drawn by the schedule sampler, or all 0 (clean images)."""
+        if self.noised:
+            return self.schedule_sampler.sample(n, dist_util.dev())[0]
+        return th.zeros(n, dtype=th.long, device=dist_util.dev())
 
     def after_step(self):
         if self.val_data is not None and self.step % self.eval_interval == 0:
