@@ -1,4 +1,4 @@
-"""Small building blocks shared by the networks: norms, convs, embeddings, EMA, checkpointing."""
+"""Small building blocks shared by the networks: norms, convs, embeddings, checkpointing."""
 
 import math
 
@@ -43,13 +43,6 @@ def zero_module(module):
     return module
 
 
-def scale_module(module, scale):
-    """Scale a module's parameters in place and return it."""
-    for p in module.parameters():
-        p.detach().mul_(scale)
-    return module
-
-
 def timestep_embedding(timesteps, dim, max_period=10000):
     """Sinusoidal embedding of (possibly fractional) timesteps.
 
@@ -65,13 +58,6 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     if dim % 2:
         embedding = th.cat([embedding, th.zeros_like(embedding[:, :1])], dim=-1)
     return embedding
-
-
-@th.no_grad()
-def update_ema(target_params, source_params, rate=0.99):
-    """target <- rate * target + (1 - rate) * source, for lists of tensors (one fused op)."""
-    target_params, source_params = list(target_params), list(source_params)
-    th._foreach_lerp_(target_params, source_params, 1.0 - rate)
 
 
 def checkpoint(func, inputs, params, flag):

@@ -1,11 +1,14 @@
 """The ADM networks: the diffusion UNet, the super-resolution UNet and the noisy-image classifier.
 
 Module names and parameter shapes follow the released checkpoints exactly, so that
-`model.load_state_dict(torch.load(released_file), strict=True)` works.
+`model.load_state_dict(torch.load(released_file), strict=True)` works. Every network is built
+from one family of blocks (`ResBlock`, `AttentionBlock`, resampling) whose shared settings live in
+a `BlockSpec`; the UNet and the classifier share the same downsampling torso (`_UNetTorso`).
 """
 
 import math
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch as th
 import torch.nn as nn
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from .nn import avg_pool_nd, checkpoint, conv_nd, linear, normalization, timestep_embedding, zero_module
 
 ATTENTION_IMPLS = ("math", "sdpa")
+POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
 
 class TimestepBlock(nn.Module):
@@ -33,54 +37,70 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         return x
 
 
+def _spatial_factor(dims):
+    """The 2x resampling factor per signal dim: 3D signals (video) keep their first (time) axis."""
+    return (1, 2, 2) if dims == 3 else 2
+
+
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling (spatial dims only for 3D), optionally followed by a 3x3 conv."""
+    """Nearest-neighbour 2x upsampling of the spatial dims, then a 3x3 conv when use_conv.
+
+    x: [N, channels, *spatial] -> [N, out_channels, *2 spatial] (out_channels = channels without conv).
+    """
 
     def __init__(self, channels, use_conv, dims=2, out_channels=None):
         super().__init__()
-        self.channels = channels
+        self.channels, self.dims, self.use_conv = channels, dims, use_conv
         self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
         if use_conv:
-            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=1)
+            self.conv = conv_nd(dims, channels, self.out_channels, 3, padding=1)
 
     def forward(self, x):
-        assert x.shape[1] == self.channels
-        if self.dims == 3:
-            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
-        else:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
+        bigger = F.interpolate(x, scale_factor=_spatial_factor(self.dims), mode="nearest")
+        return self.conv(bigger) if self.use_conv else bigger
 
 
 class Downsample(nn.Module):
-    """2x downsampling: a strided 3x3 conv, or an average pool (which keeps the channel count)."""
+    """2x downsampling of the spatial dims: a strided 3x3 conv, or an average pool (same channels).
+
+    x: [N, channels, *spatial] -> [N, out_channels, *spatial / 2].
+    """
 
     def __init__(self, channels, use_conv, dims=2, out_channels=None):
         super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        stride = 2 if dims != 3 else (1, 2, 2)
+        self.channels, self.out_channels = channels, out_channels or channels
+        factor = _spatial_factor(dims)
         if use_conv:
-            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=1)
+            self.op = conv_nd(dims, channels, self.out_channels, 3, stride=factor, padding=1)
+        elif self.out_channels != channels:
+            raise ValueError(f"average-pool downsampling keeps the channel count ({channels}), not {out_channels}")
         else:
-            assert self.channels == self.out_channels, "average-pool downsampling keeps the channel count"
-            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+            self.op = avg_pool_nd(dims, kernel_size=factor, stride=factor)
 
     def forward(self, x):
-        assert x.shape[1] == self.channels
         return self.op(x)
 
 
-class ResBlock(TimestepBlock):
-    """The ADM residual block, conditioned on the timestep (and class) embedding.
+def _norm_act_conv(dims, channels, out_channels, kernel_size=3, dropout=None, zero=False):
+    """GroupNorm, SiLU, [dropout,] conv: the layout of every pre-activation conv layer.
 
-    h = conv(SiLU(norm(x))); then either h += W e (plain) or, with AdaGN
-    (use_scale_shift_norm), norm(h) * (1 + scale) + shift with [scale, shift] = W e;
-    then conv(dropout(SiLU(.))). With up/down, resampling happens on both the residual
-    and the skip path, between the first norm/SiLU and the first conv (BigGAN style).
-    With rescale (the paper's ablation, off in every released model) the sum is divided by sqrt(2).
+    zero=True zero-initialises the conv (the last layer of a residual branch and of the UNet).
+    """
+    layers = [normalization(channels), nn.SiLU()]
+    if dropout is not None:
+        layers.append(nn.Dropout(p=dropout))
+    conv = conv_nd(dims, channels, out_channels, kernel_size, padding=kernel_size // 2)
+    return nn.Sequential(*layers, zero_module(conv) if zero else conv)
+
+
+class ResBlock(TimestepBlock):
+    """The ADM residual block, conditioned on the timestep (and class) embedding e.
+
+    h = conv(SiLU(norm(x))); then h += W e (plain), or with AdaGN (use_scale_shift_norm)
+    norm(h) * (1 + scale) + shift with [scale, shift] = W e; then conv(dropout(SiLU(.))).
+    With up/down, both the branch and the skip path are resampled, between the first
+    norm/SiLU and the first conv (BigGAN style). With rescale (the paper's ablation, off in
+    every released model) the sum skip + h is divided by sqrt(2).
     """
 
     def __init__(
@@ -98,62 +118,44 @@ class ResBlock(TimestepBlock):
         rescale=False,                  # divide the residual sum by sqrt(2)
     ):
         super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
+        out_channels = out_channels or channels
+        self.channels, self.out_channels = channels, out_channels
         self.use_checkpoint = use_checkpoint
         self.use_scale_shift_norm = use_scale_shift_norm
         self.output_scale = 1 / math.sqrt(2) if rescale else 1.0
 
-        self.in_layers = nn.Sequential(
-            normalization(channels),
-            nn.SiLU(),
-            conv_nd(dims, channels, self.out_channels, 3, padding=1),
-        )
-        self.updown = up or down
+        self.in_layers = _norm_act_conv(dims, channels, out_channels)
         if up:
-            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
+            self.resample = Upsample(channels, False, dims)
         elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
+            self.resample = Downsample(channels, False, dims)
         else:
-            self.h_upd = self.x_upd = nn.Identity()
-
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(),
-            linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
-        )
-        self.out_layers = nn.Sequential(
-            normalization(self.out_channels),
-            nn.SiLU(),
-            nn.Dropout(p=dropout),
-            zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
-        )
-        if self.out_channels == channels:
+            self.resample = nn.Identity()
+        cond_width = 2 * out_channels if use_scale_shift_norm else out_channels
+        self.emb_layers = nn.Sequential(nn.SiLU(), linear(emb_channels, cond_width))
+        self.out_layers = _norm_act_conv(dims, out_channels, out_channels, dropout=dropout, zero=True)
+        if out_channels == channels:
             self.skip_connection = nn.Identity()
-        elif use_conv:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
         else:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
+            self.skip_connection = conv_nd(dims, channels, out_channels, 3 if use_conv else 1, padding=int(use_conv))
 
     def forward(self, x, emb):
         """x: [N, C, ...]; emb: [N, E] -> [N, C_out, ...] (spatial size x2 or /2 with up/down)."""
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x, emb):
-        if self.updown:
-            h = self.in_layers[:-1](x)
-            h, x = self.h_upd(h), self.x_upd(x)
-            h = self.in_layers[-1](h)
-        else:
-            h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).type(h.dtype)
-        emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.dim() - 2)))
+        *norm_act, first_conv = self.in_layers
+        h = first_conv(self.resample(nn.Sequential(*norm_act)(x)))
+        x = self.resample(x)
+        cond = self.emb_layers(emb).type(h.dtype)
+        cond = cond[(...,) + (None,) * (h.dim() - 2)]  # [N, C'] -> [N, C', 1, ...]
+        out_norm, rest = self.out_layers[0], self.out_layers[1:]
         if self.use_scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            scale, shift = cond.chunk(2, dim=1)
+            h = out_norm(h) * (1 + scale) + shift
         else:
-            h = self.out_layers(h + emb_out)
-        return (self.skip_connection(x) + h) * self.output_scale
+            h = out_norm(h + cond)
+        return (self.skip_connection(x) + rest(h)) * self.output_scale
 
 
 class QKVAttention(nn.Module):
@@ -254,130 +256,152 @@ class AttentionPool2d(nn.Module):
         return x[:, :, 0]
 
 
-def convert_module_to_f16(module):
-    """Cast a convolution's parameters to float16 (norms and linear layers stay float32)."""
+def _cast_if_conv(module, dtype):
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        module.weight.data = module.weight.data.half()
-        if module.bias is not None:
-            module.bias.data = module.bias.data.half()
+        for param in module.parameters(recurse=False):
+            param.data = param.data.to(dtype)
+
+
+def convert_module_to_f16(module):
+    """Cast a convolution's parameters to float16 (any other module is left alone)."""
+    _cast_if_conv(module, th.float16)
 
 
 def convert_module_to_f32(module):
     """Undo convert_module_to_f16."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        module.weight.data = module.weight.data.float()
-        if module.bias is not None:
-            module.bias.data = module.bias.data.float()
+    _cast_if_conv(module, th.float32)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The settings all blocks of one network share, and the factories that apply them."""
+
+    dims: int                       # 1D, 2D or 3D signal
+    emb_channels: int               # timestep embedding width E (4 * model_channels)
+    dropout: float                  # dropout probability in every resblock
+    conv_resample: bool             # learned 3x3 convs in Upsample / Downsample
+    resblock_updown: bool           # resample inside resblocks instead (BigGAN style)
+    use_scale_shift_norm: bool      # AdaGN conditioning in resblocks
+    resblock_rescale: bool          # divide every residual sum by sqrt(2)
+    use_checkpoint: bool            # gradient checkpointing in every block
+    num_head_channels: int          # fixed channels per attention head, or -1 for a head count
+    use_new_attention_order: bool   # split qkv before heads
+    attention_impl: str             # "math" or "sdpa"
+
+    def resblock(self, channels, out_channels, up=False, down=False):
+        """A ResBlock from `channels` to `out_channels`."""
+        return ResBlock(
+            channels, self.emb_channels, self.dropout, out_channels=out_channels, up=up, down=down, dims=self.dims,
+            use_scale_shift_norm=self.use_scale_shift_norm, use_checkpoint=self.use_checkpoint,
+            rescale=self.resblock_rescale,
+        )  # fmt: skip
+
+    def attention(self, channels, num_heads):
+        """An AttentionBlock over `channels` (num_heads is used when num_head_channels is -1)."""
+        return AttentionBlock(
+            channels, num_heads=num_heads, num_head_channels=self.num_head_channels,
+            use_checkpoint=self.use_checkpoint, use_new_attention_order=self.use_new_attention_order,
+            attention_impl=self.attention_impl,
+        )  # fmt: skip
+
+    def downsample(self, channels):
+        """Halve the resolution, keeping `channels`."""
+        if self.resblock_updown:
+            return self.resblock(channels, channels, down=True)
+        return Downsample(channels, self.conv_resample, self.dims, out_channels=channels)
+
+    def upsample(self, channels):
+        """Double the resolution, keeping `channels`."""
+        if self.resblock_updown:
+            return self.resblock(channels, channels, up=True)
+        return Upsample(channels, self.conv_resample, self.dims, out_channels=channels)
 
 
 class _UNetTorso(nn.Module):
-    """Timestep embedding, the downsampling path and the middle block, shared by the UNet and
-    the encoder (classifier). Builds `time_embed`, `input_blocks` and `middle_block`."""
+    """What the UNet and the classifier share: the timestep (and class) embedding, the
+    downsampling path `input_blocks` and the `middle_block`, and the precision switch.
 
-    def _build_torso(
-        self,
-        image_size,
-        in_channels,
-        model_channels,
-        num_res_blocks,
-        attention_resolutions,
-        dropout,
-        channel_mult,
-        conv_resample,
-        dims,
-        use_checkpoint,
-        use_fp16,
-        num_heads,
-        num_head_channels,
-        num_heads_upsample,
-        use_scale_shift_norm,
-        resblock_updown,
-        use_new_attention_order,
-        resblock_rescale,
-        attention_impl,
-        num_classes=None,
-    ):
-        if num_heads_upsample == -1:
-            num_heads_upsample = num_heads
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.use_checkpoint = use_checkpoint
-        self.dtype = th.float16 if use_fp16 else th.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
+    attention_ds are downsample rates: a block at resolution image_size / ds gets attention
+    when ds is in it (the command line's --attention_resolutions are pixels; script_util converts).
+    """
 
-        self._resblock_kwargs = dict(
-            emb_channels=model_channels * 4,
-            dropout=dropout,
-            dims=dims,
-            use_checkpoint=use_checkpoint,
-            use_scale_shift_norm=use_scale_shift_norm,
-            rescale=resblock_rescale,
-        )
-        self._attention_kwargs = dict(
-            num_head_channels=num_head_channels,
-            use_checkpoint=use_checkpoint,
-            use_new_attention_order=use_new_attention_order,
-            attention_impl=attention_impl,
-        )
-        resblock, attention = self._resblock, self._attention
-
-        time_embed_dim = model_channels * 4
+    def __init__(
+        self, *, blocks, image_size, in_channels, model_channels, channel_mult, num_res_blocks, attention_ds,
+        num_heads, label_rows=None,
+    ):  # fmt: skip
+        super().__init__()
+        if not channel_mult:
+            raise ValueError("channel_mult needs one multiplier per resolution level, e.g. (1, 2, 4, 8)")
+        self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
+        self.channel_mult, self.attention_ds = tuple(channel_mult), tuple(attention_ds)
         self.time_embed = nn.Sequential(
-            linear(model_channels, time_embed_dim),
-            nn.SiLU(),
-            linear(time_embed_dim, time_embed_dim),
+            linear(model_channels, blocks.emb_channels), nn.SiLU(), linear(blocks.emb_channels, blocks.emb_channels)
         )
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+        if label_rows is not None:
+            self.label_emb = nn.Embedding(label_rows, blocks.emb_channels)
 
-        ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
-        self._feature_size = ch
-        input_block_chans = [ch]
+        ch = self.width(0)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(blocks.dims, in_channels, ch, 3, padding=1))])
+        self.skip_channels = [ch]  # channels of each input block's output, read by the decoder
         ds = 1
-        for level, mult in enumerate(channel_mult):
+        for level in range(len(channel_mult)):
             for _ in range(num_res_blocks):
-                layers = [resblock(ch, int(mult * model_channels))]
-                ch = int(mult * model_channels)
-                if ds in attention_resolutions:
-                    layers.append(attention(ch, num_heads))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down = (
-                    resblock(ch, ch, down=True)
-                    if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=ch)
-                )
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                input_block_chans.append(ch)
+                layers = [blocks.resblock(ch, self.width(level))]
+                ch = self.width(level)
+                if ds in self.attention_ds:
+                    layers.append(blocks.attention(ch, num_heads))
+                self._add_input_block(layers, ch)
+            if level < len(channel_mult) - 1:
+                self._add_input_block([blocks.downsample(ch)], ch)
                 ds *= 2
-                self._feature_size += ch
+        self.middle_block = TimestepEmbedSequential(
+            blocks.resblock(ch, ch), blocks.attention(ch, num_heads), blocks.resblock(ch, ch)
+        )
+        self.torso_channels, self.torso_ds = ch, ds  # at the middle block
 
-        self.middle_block = TimestepEmbedSequential(resblock(ch, ch), attention(ch, num_heads), resblock(ch, ch))
-        self._feature_size += ch
-        return ch, ds, input_block_chans, num_heads_upsample
+    def width(self, level):
+        """Channels of the blocks at resolution level `level`: channel_mult[level] * model_channels."""
+        return int(self.channel_mult[level] * self.model_channels)
 
-    def _resblock(self, ch, out_ch, up=False, down=False):
-        """A ResBlock from `ch` to `out_ch` channels with this network's settings."""
-        return ResBlock(ch, out_channels=out_ch, up=up, down=down, **self._resblock_kwargs)
+    def _add_input_block(self, layers, out_channels):
+        self.input_blocks.append(TimestepEmbedSequential(*layers))
+        self.skip_channels.append(out_channels)
 
-    def _attention(self, ch, heads):
-        """An AttentionBlock over `ch` channels with this network's settings."""
-        return AttentionBlock(ch, num_heads=heads, **self._attention_kwargs)
+    def _half_precision_blocks(self):
+        """The blocks use_fp16 runs in float16 (their convolutions; norms and linears stay float32)."""
+        return [self.input_blocks, self.middle_block]
 
-    def _embed(self, timesteps):
-        """timesteps: [N] -> [N, 4 * model_channels]."""
-        return self.time_embed(timestep_embedding(timesteps, self.model_channels))
+    def convert_to_fp16(self):
+        """Run the torso in float16 (as the released fp16 models do). Idempotent; use_fp16=True
+        in the constructor already does this."""
+        for blocks in self._half_precision_blocks():
+            blocks.apply(convert_module_to_f16)
+        self.dtype = th.float16
+
+    def convert_to_fp32(self):
+        """Run the whole network in float32 again."""
+        for blocks in self._half_precision_blocks():
+            blocks.apply(convert_module_to_f32)
+        self.dtype = th.float32
+
+    def _set_precision(self, use_fp16):
+        self.convert_to_fp16() if use_fp16 else self.convert_to_fp32()
+
+    def _embed(self, timesteps, y=None):
+        """timesteps: [N], y: [N] labels or None -> embedding [N, 4 * model_channels]."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        return emb if y is None else emb + self.label_emb(y)
+
+    def _torso_outputs(self, x, emb):
+        """Run the downsampling path and middle block in the torso's precision.
+
+        x: [N, C, H, W]; yields each input block's output, then the middle block's.
+        """
+        h = x.type(self.dtype)
+        for block in self.input_blocks:
+            h = block(h, emb)
+            yield h
+        yield self.middle_block(h, emb)
 
 
 class UNetModel(_UNetTorso):
@@ -390,14 +414,14 @@ class UNetModel(_UNetTorso):
         model_channels,                 # base width C
         out_channels,                   # 3, or 6 with learned sigma
         num_res_blocks,                 # resblocks per resolution level
-        attention_resolutions,          # downsample rates (1, 2, 4, ...) that get attention
+        attention_resolutions,          # downsample rates (1, 2, 4, ...) whose blocks get attention (not pixels)
         dropout=0,                      # dropout probability in every resblock
         channel_mult=(1, 2, 4, 8),      # width multiplier per level (fractions allowed)
         conv_resample=True,             # learned 3x3 convs in Upsample / Downsample
         dims=2,                         # 1D, 2D or 3D signal
         num_classes=None,               # class-conditional with this many classes when set
         use_checkpoint=False,           # gradient checkpointing in every block
-        use_fp16=False,                 # run the torso in float16 (after convert_to_fp16())
+        use_fp16=False,                 # run the torso in float16 (its convs are cast at construction)
         num_heads=1,                    # attention heads (when num_head_channels == -1)
         num_head_channels=-1,           # fixed channels per head instead of a head count
         num_heads_upsample=-1,          # heads on the upsampling path (-1: num_heads)
@@ -406,68 +430,71 @@ class UNetModel(_UNetTorso):
         use_new_attention_order=False,  # split qkv before heads
         resblock_rescale=False,         # paper's 1/sqrt(2) residual rescaling ablation
         attention_impl="math",          # "math" (exact release einsums) or "sdpa" (fused)
+        class_dropout_prob=0.0,         # training: replace a label by the null class with this probability
     ):
-        super().__init__()
-        self.out_channels = out_channels
-        self.num_classes = num_classes
-        ch, ds, input_block_chans, num_heads_upsample = self._build_torso(
-            image_size, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout,
-            channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads, num_head_channels,
-            num_heads_upsample, use_scale_shift_norm, resblock_updown, use_new_attention_order,
-            resblock_rescale, attention_impl, num_classes,
+        if not 0 <= class_dropout_prob < 1:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        if class_dropout_prob and num_classes is None:
+            raise ValueError("class_dropout_prob > 0 needs a class-conditional model: set --class_cond True")
+        blocks = BlockSpec(
+            dims=dims, emb_channels=4 * model_channels, dropout=dropout, conv_resample=conv_resample,
+            resblock_updown=resblock_updown, use_scale_shift_norm=use_scale_shift_norm,
+            resblock_rescale=resblock_rescale, use_checkpoint=use_checkpoint, num_head_channels=num_head_channels,
+            use_new_attention_order=use_new_attention_order, attention_impl=attention_impl,
         )  # fmt: skip
+        label_rows = None if num_classes is None else num_classes + (1 if class_dropout_prob else 0)
+        super().__init__(
+            blocks=blocks, image_size=image_size, in_channels=in_channels, model_channels=model_channels,
+            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_ds=attention_resolutions,
+            num_heads=num_heads, label_rows=label_rows,
+        )  # fmt: skip
+        self.out_channels, self.num_classes, self.class_dropout_prob = out_channels, num_classes, class_dropout_prob
 
-        self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
+        up_heads = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        skips, ch, ds = list(self.skip_channels), self.torso_channels, self.torso_ds
+        self.output_blocks = nn.ModuleList()
+        for level in reversed(range(len(self.channel_mult))):
             for i in range(num_res_blocks + 1):
-                ich = input_block_chans.pop()
-                layers = [self._resblock(ch + ich, int(model_channels * mult))]
-                ch = int(model_channels * mult)
-                if ds in attention_resolutions:
-                    layers.append(self._attention(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    layers.append(
-                        self._resblock(ch, ch, up=True)
-                        if resblock_updown
-                        else Upsample(ch, conv_resample, dims=dims, out_channels=ch)
-                    )
+                layers = [blocks.resblock(ch + skips.pop(), self.width(level))]
+                ch = self.width(level)
+                if ds in self.attention_ds:
+                    layers.append(blocks.attention(ch, up_heads))
+                if level > 0 and i == num_res_blocks:
+                    layers.append(blocks.upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(
-            normalization(ch),
-            nn.SiLU(),
-            zero_module(conv_nd(dims, int(channel_mult[0] * model_channels), out_channels, 3, padding=1)),
-        )
+        self.out = _norm_act_conv(dims, ch, out_channels, zero=True)
+        self._set_precision(use_fp16)
 
-    def convert_to_fp16(self):
-        """Cast the torso's convolutions to float16, as the released fp16 models run."""
-        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
-            blocks.apply(convert_module_to_f16)
+    @property
+    def null_class(self):
+        """The label of the unconditional branch (classifier-free guidance), or None without one."""
+        return self.num_classes if self.class_dropout_prob else None
 
-    def convert_to_fp32(self):
-        """Undo convert_to_fp16."""
-        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
-            blocks.apply(convert_module_to_f32)
+    def _half_precision_blocks(self):
+        return super()._half_precision_blocks() + [self.output_blocks]
+
+    def _drop_labels(self, y):
+        """Replace each label by the null class with probability class_dropout_prob (torch's global RNG)."""
+        dropped = th.rand(y.shape, device=y.device) < self.class_dropout_prob
+        return th.where(dropped, th.full_like(y, self.null_class), y)
 
     def forward(self, x, timesteps, y=None):
-        """x: [N, C, H, W]; timesteps: [N]; y: [N] class labels (class-conditional models only)."""
+        """x: [N, C, H, W]; timesteps: [N]; y: [N] class labels (class-conditional models only;
+        label num_classes is the null class when the model has one)."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError(
                 "class labels y must be given if and only if the model is class-conditional "
                 f"(num_classes={self.num_classes}, y {'given' if y is not None else 'missing'})"
             )
-        emb = self._embed(timesteps)
-        if self.num_classes is not None:
-            assert y.shape == (x.shape[0],)
-            emb = emb + self.label_emb(y)
-        hs = []
-        h = x.type(self.dtype)
-        for module in self.input_blocks:
-            h = module(h, emb)
-            hs.append(h)
-        h = self.middle_block(h, emb)
-        for module in self.output_blocks:
-            h = module(th.cat([h, hs.pop()], dim=1), emb)
+        if y is not None and y.shape != x.shape[:1]:
+            raise ValueError(f"y must hold one label per image: shape [{x.shape[0]}], got {list(y.shape)}")
+        if y is not None and self.training and self.class_dropout_prob:
+            y = self._drop_labels(y)
+        emb = self._embed(timesteps, y)
+        *skips, h = self._torso_outputs(x, emb)
+        for block in self.output_blocks:
+            h = block(th.cat([h, skips.pop()], dim=1), emb)
         return self.out(h.type(x.dtype))
 
 
@@ -491,7 +518,7 @@ class EncoderUNetModel(_UNetTorso):
     """The noisy-image classifier: the UNet's downsampling half and middle block, then a pooling head.
 
     forward(x [N, C, H, W], timesteps [N]) -> logits [N, out_channels].
-    pool: "adaptive" (global average), "attention" (attention pooling, 64 channels a head),
+    pool: "adaptive" (global average), "attention" (attention pooling, num_head_channels a head),
     "spatial" / "spatial_v2" (concatenated spatial means of every block -> MLP).
     """
 
@@ -502,16 +529,16 @@ class EncoderUNetModel(_UNetTorso):
         model_channels,                 # base width C
         out_channels,                   # number of classes
         num_res_blocks,                 # resblocks per resolution level
-        attention_resolutions,          # downsample rates that get attention
+        attention_resolutions,          # downsample rates whose blocks get attention (not pixels)
         dropout=0,                      # dropout probability in every resblock
         channel_mult=(1, 2, 4, 8),      # width multiplier per level
         conv_resample=True,             # learned convs in Downsample
         dims=2,                         # 1D, 2D or 3D signal
         use_checkpoint=False,           # gradient checkpointing
-        use_fp16=False,                 # run the torso in float16 (after convert_to_fp16())
+        use_fp16=False,                 # run the torso in float16 (its convs are cast at construction)
         num_heads=1,                    # attention heads (when num_head_channels == -1)
         num_head_channels=-1,           # fixed channels per head
-        num_heads_upsample=-1,          # unused (no upsampling path); kept for the signature
+        num_heads_upsample=-1,          # unused (no upsampling path); kept for the release's signature
         use_scale_shift_norm=False,     # AdaGN conditioning in resblocks
         resblock_updown=False,          # BigGAN-style downsampling resblocks
         use_new_attention_order=False,  # split qkv before heads
@@ -519,69 +546,48 @@ class EncoderUNetModel(_UNetTorso):
         resblock_rescale=False,         # paper's 1/sqrt(2) residual rescaling ablation
         attention_impl="math",          # "math" or "sdpa"
     ):
-        super().__init__()
-        self.out_channels = out_channels
-        ch, ds, _, _ = self._build_torso(
-            image_size, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout,
-            channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads, num_head_channels,
-            num_heads_upsample, use_scale_shift_norm, resblock_updown, use_new_attention_order,
-            resblock_rescale, attention_impl,
+        del num_heads_upsample
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
+        if pool == "attention" and num_head_channels == -1:
+            raise ValueError("pool='attention' needs num_head_channels (the released classifiers use 64)")
+        blocks = BlockSpec(
+            dims=dims, emb_channels=4 * model_channels, dropout=dropout, conv_resample=conv_resample,
+            resblock_updown=resblock_updown, use_scale_shift_norm=use_scale_shift_norm,
+            resblock_rescale=resblock_rescale, use_checkpoint=use_checkpoint, num_head_channels=num_head_channels,
+            use_new_attention_order=use_new_attention_order, attention_impl=attention_impl,
         )  # fmt: skip
-        self.pool = pool
-        if pool == "adaptive":
-            self.out = nn.Sequential(
-                normalization(ch),
-                nn.SiLU(),
-                nn.AdaptiveAvgPool2d((1, 1)),
-                zero_module(conv_nd(dims, ch, out_channels, 1)),
+        super().__init__(
+            blocks=blocks, image_size=image_size, in_channels=in_channels, model_channels=model_channels,
+            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_ds=attention_resolutions,
+            num_heads=num_heads,
+        )  # fmt: skip
+        self.out_channels, self.pool = out_channels, pool
+        self.out = self._pool_head(dims, num_head_channels, attention_impl)
+        self._set_precision(use_fp16)
+
+    def _pool_head(self, dims, num_head_channels, attention_impl):
+        """The layers from the middle block's output (or the spatial means) to the logits."""
+        ch, classes = self.torso_channels, self.out_channels
+        if self.pool == "adaptive":
+            return nn.Sequential(
+                normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)), zero_module(conv_nd(dims, ch, classes, 1)),
                 nn.Flatten(),
+            )  # fmt: skip
+        if self.pool == "attention":
+            side = self.image_size // self.torso_ds
+            return nn.Sequential(
+                normalization(ch), nn.SiLU(), AttentionPool2d(side, ch, num_head_channels, classes, attention_impl)
             )
-        elif pool == "attention":
-            if num_head_channels == -1:
-                raise ValueError("pool='attention' needs num_head_channels (the released classifiers use 64)")
-            self.out = nn.Sequential(
-                normalization(ch),
-                nn.SiLU(),
-                AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels, attention_impl),
-            )
-        elif pool == "spatial":
-            self.out = nn.Sequential(
-                nn.Linear(self._feature_size, 2048),
-                nn.ReLU(),
-                nn.Linear(2048, out_channels),
-            )
-        elif pool == "spatial_v2":
-            self.out = nn.Sequential(
-                nn.Linear(self._feature_size, 2048),
-                normalization(2048),
-                nn.SiLU(),
-                nn.Linear(2048, out_channels),
-            )
-        else:
-            raise ValueError(f"unknown pool {pool!r}: use adaptive, attention, spatial or spatial_v2")
-
-    def convert_to_fp16(self):
-        """Cast the torso's convolutions to float16."""
-        for blocks in (self.input_blocks, self.middle_block):
-            blocks.apply(convert_module_to_f16)
-
-    def convert_to_fp32(self):
-        """Undo convert_to_fp16."""
-        for blocks in (self.input_blocks, self.middle_block):
-            blocks.apply(convert_module_to_f32)
+        hidden = 2048
+        features = sum(self.skip_channels) + ch  # one spatial mean per input block, plus the middle block
+        activation = [nn.ReLU()] if self.pool == "spatial" else [normalization(hidden), nn.SiLU()]
+        return nn.Sequential(nn.Linear(features, hidden), *activation, nn.Linear(hidden, classes))
 
     def forward(self, x, timesteps):
         """x: [N, C, H, W]; timesteps: [N] -> logits [N, out_channels]."""
-        emb = self._embed(timesteps)
-        spatial = self.pool.startswith("spatial")
-        means = []
-        h = x.type(self.dtype)
-        for module in self.input_blocks:
-            h = module(h, emb)
-            if spatial:
-                means.append(h.type(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
-        if spatial:
-            means.append(h.type(x.dtype).mean(dim=(2, 3)))
-            return self.out(th.cat(means, dim=-1))
+        outputs = self._torso_outputs(x, self._embed(timesteps))
+        if self.pool.startswith("spatial"):
+            return self.out(th.cat([h.type(x.dtype).mean(dim=(2, 3)) for h in outputs], dim=-1))
+        *_, h = outputs
         return self.out(h.type(x.dtype))
