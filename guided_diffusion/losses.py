@@ -7,10 +7,13 @@ All results are in nats; callers divide by log(2) for bits.
 import numpy as np
 import torch as th
 
+_HALF_BIN = 1.0 / 255.0  # half the width of one of 256 bins over [-1, 1]
+_MIN_PROBABILITY = 1e-12
+
 
 def mean_flat(tensor):
     """Mean over every dimension but the first: [N, ...] -> [N]."""
-    return tensor.mean(dim=list(range(1, len(tensor.shape))))
+    return tensor.mean(dim=list(range(1, tensor.dim())))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -19,24 +22,20 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     Arguments broadcast against each other; any of them may be a Python float, but at least one
     must be a tensor (it sets the dtype and device of the result).
     """
-    like = next((obj for obj in (mean1, logvar1, mean2, logvar2) if isinstance(obj, th.Tensor)), None)
-    if like is None:
+    tensors = [arg for arg in (mean1, logvar1, mean2, logvar2) if isinstance(arg, th.Tensor)]
+    if not tensors:
         raise TypeError("normal_kl needs at least one torch.Tensor argument; got only Python numbers")
-    logvar1, logvar2 = [
-        v if isinstance(v, th.Tensor) else th.tensor(v).to(like) for v in (logvar1, logvar2)
-    ]
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + th.exp(logvar1 - logvar2)
-        + ((mean1 - mean2) ** 2) * th.exp(-logvar2)
-    )
+    logvar1, logvar2 = (v if isinstance(v, th.Tensor) else th.tensor(v).to(tensors[0]) for v in (logvar1, logvar2))
+    log_ratio = -1.0 + logvar2 - logvar1
+    variance_ratio = th.exp(logvar1 - logvar2)
+    squared_distance = ((mean1 - mean2) ** 2) * th.exp(-logvar2)
+    return 0.5 * (log_ratio + variance_ratio + squared_distance)
 
 
 def approx_standard_normal_cdf(x):
     """Fast approximation of the standard normal CDF Phi(x) (tanh form, max error about 2e-4)."""
-    return 0.5 * (1.0 + th.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * th.pow(x, 3))))
+    inner = np.sqrt(2.0 / np.pi) * (x + 0.044715 * th.pow(x, 3))
+    return 0.5 * (1.0 + th.tanh(inner))
 
 
 def discretized_gaussian_log_likelihood(x, *, means, log_scales):
@@ -47,18 +46,17 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
     extend to -inf and +inf so that the 256 probabilities sum to one. Probabilities are clamped at
     1e-12 before the log. Returns a tensor shaped like x.
     """
-    assert x.shape == means.shape == log_scales.shape, (x.shape, means.shape, log_scales.shape)
-    centered_x = x - means
-    inv_stdv = th.exp(-log_scales)
-    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
-    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
-    log_cdf_plus = th.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = th.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_cdf_delta = th.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    log_probs = th.where(
-        x < -0.999,
-        log_cdf_plus,
-        th.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta),
-    )
-    assert log_probs.shape == x.shape
-    return log_probs
+    if not x.shape == means.shape == log_scales.shape:
+        raise ValueError(f"x, means and log_scales must share one shape, got {x.shape}, {means.shape}, {log_scales.shape}")
+    offset = x - means
+    inv_scale = th.exp(-log_scales)
+    below_upper_edge = approx_standard_normal_cdf(inv_scale * (offset + _HALF_BIN))
+    below_lower_edge = approx_standard_normal_cdf(inv_scale * (offset - _HALF_BIN))
+
+    def safe_log(p):
+        return th.log(p.clamp(min=_MIN_PROBABILITY))
+
+    lowest_bin = safe_log(below_upper_edge)  # (-inf, x + 1/255]
+    highest_bin = safe_log(1.0 - below_lower_edge)  # [x - 1/255, +inf)
+    inner_bin = safe_log(below_upper_edge - below_lower_edge)
+    return th.where(x < -0.999, lowest_bin, th.where(x > 0.999, highest_bin, inner_bin))

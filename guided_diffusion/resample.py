@@ -6,22 +6,20 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch as th
-import torch.distributed as dist
+
+from .dist_util import all_gather_rows
 
 
 def create_named_schedule_sampler(name, diffusion):
     """The ScheduleSampler named by --schedule_sampler: "uniform" or "loss-second-moment"."""
-    if name == "uniform":
-        return UniformSampler(diffusion)
-    if name == "loss-second-moment":
-        return LossSecondMomentResampler(diffusion)
-    raise NotImplementedError(
-        f"unknown schedule sampler {name!r}: use --schedule_sampler uniform or loss-second-moment"
-    )
+    samplers = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentResampler}
+    if name not in samplers:
+        raise NotImplementedError(f"unknown schedule sampler {name!r}: use --schedule_sampler uniform or loss-second-moment")
+    return samplers[name](diffusion)
 
 
 class ScheduleSampler(ABC):
-    """A distribution over timesteps, sampled with importance weights 1 / (T * p(t))."""
+    """A distribution p over the T timesteps, sampled with importance weights 1 / (T * p(t))."""
 
     @abstractmethod
     def weights(self):
@@ -32,13 +30,12 @@ class ScheduleSampler(ABC):
 
         Returns (t [batch_size] long, weights [batch_size] float32) on device.
         """
-        w = self.weights()
-        p = w / np.sum(w)
-        indices_np = np.random.choice(len(p), size=(batch_size,), p=p)
-        indices = th.from_numpy(indices_np).long().to(device)
-        weights_np = 1 / (len(p) * p[indices_np])
-        weights = th.from_numpy(weights_np).float().to(device)
-        return indices, weights
+        weights = self.weights()
+        probabilities = weights / np.sum(weights)
+        num_timesteps = len(probabilities)
+        drawn = np.random.choice(num_timesteps, size=(batch_size,), p=probabilities)
+        importance = 1 / (num_timesteps * probabilities[drawn])
+        return th.from_numpy(drawn).long().to(device), th.from_numpy(importance).float().to(device)
 
     def state_dict(self):
         """The sampler's mutable state as tensors (safe for torch.load(weights_only=True))."""
@@ -50,6 +47,8 @@ class ScheduleSampler(ABC):
 
 
 class UniformSampler(ScheduleSampler):
+    """Every timestep equally likely (the release's default)."""
+
     def __init__(self, diffusion):
         self.diffusion = diffusion
         self._weights = np.ones([diffusion.num_timesteps])
@@ -67,28 +66,12 @@ class LossAwareSampler(ScheduleSampler):
         local_ts: [n] long timesteps, local_losses: [n] float losses; n may differ between ranks.
         Every rank must call this (it is a collective) and ends with the same history.
         """
-        if dist.is_available() and dist.is_initialized():
-            ts, losses = _all_gather_variable(local_ts), _all_gather_variable(local_losses)
-        else:
-            ts, losses = local_ts, local_losses
-        self.update_with_all_losses([x.item() for x in ts], [x.item() for x in losses])
+        ts, losses = th.cat(all_gather_rows(local_ts)), th.cat(all_gather_rows(local_losses))
+        self.update_with_all_losses(ts.tolist(), losses.tolist())
 
     @abstractmethod
     def update_with_all_losses(self, ts, losses):
         """Record losses (list of floats) at timesteps ts (list of ints), identically on every rank."""
-
-
-def _all_gather_variable(tensor):
-    """Concatenate a 1-D tensor of per-rank length across ranks, in rank order."""
-    world_size = dist.get_world_size()
-    sizes = [th.zeros([1], dtype=th.int64, device=tensor.device) for _ in range(world_size)]
-    dist.all_gather(sizes, th.tensor([len(tensor)], dtype=th.int64, device=tensor.device))
-    sizes = [int(s.item()) for s in sizes]
-    padded = th.zeros([max(sizes)], dtype=tensor.dtype, device=tensor.device)
-    padded[: len(tensor)] = tensor
-    gathered = [th.zeros_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded)
-    return th.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
 class LossSecondMomentResampler(LossAwareSampler):
@@ -106,26 +89,20 @@ class LossSecondMomentResampler(LossAwareSampler):
         self._loss_counts = np.zeros([diffusion.num_timesteps], dtype=np.int64)
 
     def weights(self):
-        if not self._warmed_up():
-            return np.ones([self.diffusion.num_timesteps], dtype=np.float64)
-        weights = np.sqrt(np.mean(self._loss_history**2, axis=-1))
-        weights /= np.sum(weights)
-        weights *= 1 - self.uniform_prob
-        weights += self.uniform_prob / len(weights)
-        return weights
+        num_timesteps = self.diffusion.num_timesteps
+        if not (self._loss_counts == self.history_per_term).all():
+            return np.ones([num_timesteps], dtype=np.float64)
+        root_mean_square = np.sqrt(np.mean(self._loss_history**2, axis=-1))
+        return root_mean_square / np.sum(root_mean_square) * (1 - self.uniform_prob) + self.uniform_prob / num_timesteps
 
     def update_with_all_losses(self, ts, losses):
         for t, loss in zip(ts, losses):
-            if self._loss_counts[t] == self.history_per_term:
-                # Full: drop the oldest loss.
-                self._loss_history[t, :-1] = self._loss_history[t, 1:]
-                self._loss_history[t, -1] = loss
-            else:
-                self._loss_history[t, self._loss_counts[t]] = loss
-                self._loss_counts[t] += 1
-
-    def _warmed_up(self):
-        return (self._loss_counts == self.history_per_term).all()
+            seen = self._loss_counts[t]
+            if seen < self.history_per_term:
+                self._loss_history[t, seen] = loss
+                self._loss_counts[t] = seen + 1
+            else:  # full: the oldest loss drops out
+                self._loss_history[t] = np.append(self._loss_history[t, 1:], loss)
 
     def state_dict(self):
         return {

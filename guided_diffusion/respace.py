@@ -4,8 +4,7 @@ The kept steps keep their alphas_cumprod; the betas between them are recomputed,
 still called with the original timestep indices.
 """
 
-import numpy as np
-import torch as th
+import itertools
 
 from .gaussian_diffusion import GaussianDiffusion
 
@@ -19,38 +18,43 @@ def space_timesteps(num_timesteps, section_counts):
     stride that keeps its first and last step. E.g. space_timesteps(300, "10,15,20") keeps 10 steps of
     [0, 100), 15 of [100, 200) and 20 of [200, 300); "250" keeps 250 evenly spaced steps of all.
     """
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        return _ddim_timesteps(num_timesteps, int(section_counts[len("ddim"):]))
     if isinstance(section_counts, str):
-        if section_counts.startswith("ddim"):
-            return _ddim_timesteps(num_timesteps, int(section_counts[len("ddim"):]))
-        section_counts = [int(x) for x in section_counts.split(",")]
-    size_per = num_timesteps // len(section_counts)
-    extra = num_timesteps % len(section_counts)
-    start_idx = 0
-    all_steps = []
-    for i, section_count in enumerate(section_counts):
-        size = size_per + (1 if i < extra else 0)
-        if size < section_count:
+        section_counts = [int(count) for count in section_counts.split(",")]
+    base_size, remainder = divmod(num_timesteps, len(section_counts))
+    sizes = [base_size + (index < remainder) for index in range(len(section_counts))]
+    starts = itertools.accumulate(sizes[:-1], initial=0)
+    kept = set()
+    for start, size, count in zip(starts, sizes, section_counts):
+        if count > size:
             raise ValueError(
-                f"cannot take {section_count} steps from a section of {size} steps "
+                f"cannot take {count} steps from a section of {size} steps "
                 f"(timestep_respacing {section_counts} over {num_timesteps} steps): use fewer steps per section"
             )
-        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
-        cur_idx = 0.0
-        for _ in range(section_count):
-            all_steps.append(start_idx + round(cur_idx))
-            cur_idx += frac_stride
-        start_idx += size
-    return set(all_steps)
+        kept.update(_evenly_spaced(start, size, count))
+    return kept
+
+
+def _evenly_spaced(start, size, count):
+    """count steps of [start, start + size) keeping the first and last, at a rounded fractional stride.
+
+    The stride is accumulated (not multiplied) and rounded half to even, as in the release.
+    """
+    if count < 1:
+        return []
+    stride = 1 if count == 1 else (size - 1) / (count - 1)
+    offsets = itertools.accumulate(itertools.repeat(stride, count - 1), initial=0.0)
+    return [start + round(offset) for offset in offsets]
 
 
 def _ddim_timesteps(num_timesteps, desired_count):
     """{0, s, 2s, ...} with the smallest integer stride s giving exactly desired_count steps."""
-    for stride in range(1, num_timesteps):
-        steps = range(0, num_timesteps, stride)
-        if len(steps) == desired_count:
-            return set(steps)
-    possible = {len(range(0, num_timesteps, s)) for s in range(1, num_timesteps)}
-    nearest = sorted(sorted(possible, key=lambda n: abs(n - desired_count))[:4])
+    counts = {stride: len(range(0, num_timesteps, stride)) for stride in range(1, num_timesteps)}
+    stride = next((s for s, n in counts.items() if n == desired_count), None)
+    if stride is not None:
+        return set(range(0, num_timesteps, stride))
+    nearest = sorted(sorted(set(counts.values()), key=lambda n: abs(n - desired_count))[:4])
     raise ValueError(
         f"no integer stride gives exactly {desired_count} of {num_timesteps} steps for "
         f"timestep_respacing 'ddim{desired_count}': use a nearby count ({', '.join(f'ddim{n}' for n in nearest)}) "
@@ -63,61 +67,15 @@ class SpacedDiffusion(GaussianDiffusion):
 
     use_timesteps: the original timesteps to keep (e.g. from space_timesteps).
     kwargs: the base GaussianDiffusion's arguments (betas of the full schedule).
-    timestep_map[i] is the original timestep of step i.
+    timestep_map[i] is the original timestep of step i; original_num_steps the base process's T.
     """
 
     def __init__(self, use_timesteps, **kwargs):
         self.use_timesteps = set(use_timesteps)
-        self.timestep_map = []
-        self.original_num_steps = len(kwargs["betas"])
-
-        base_diffusion = GaussianDiffusion(**kwargs)
-        last_alpha_cumprod = 1.0
-        new_betas = []
-        for i, alpha_cumprod in enumerate(base_diffusion.alphas_cumprod):
-            if i in self.use_timesteps:
-                new_betas.append(1 - alpha_cumprod / last_alpha_cumprod)
-                last_alpha_cumprod = alpha_cumprod
-                self.timestep_map.append(i)
-        kwargs["betas"] = np.array(new_betas)
         super().__init__(**kwargs)
 
-    def p_mean_variance(self, model, *args, **kwargs):
-        return super().p_mean_variance(self._wrap_model(model), *args, **kwargs)
-
-    def training_losses(self, model, *args, **kwargs):
-        return super().training_losses(self._wrap_model(model), *args, **kwargs)
-
-    def condition_mean(self, cond_fn, *args, **kwargs):
-        return super().condition_mean(self._wrap_model(cond_fn), *args, **kwargs)
-
-    def condition_score(self, cond_fn, *args, **kwargs):
-        return super().condition_score(self._wrap_model(cond_fn), *args, **kwargs)
-
-    def _wrap_model(self, model):
-        if isinstance(model, _WrappedModel):
-            return model
-        return _WrappedModel(model, self.timestep_map, self.rescale_timesteps, self.original_num_steps)
+    def _make_schedule(self, betas):
+        return super()._make_schedule(betas).respaced(self.use_timesteps)
 
     def _scale_timesteps(self, t):
-        return t  # the wrapped model maps and scales the timesteps
-
-
-class _WrappedModel:
-    """Calls model(x, original timestep, **kwargs) given a respaced step index.
-
-    The original index is scaled to [0, 1000) when rescale_timesteps is set.
-    """
-
-    def __init__(self, model, timestep_map, rescale_timesteps, original_num_steps):
-        self.model = model
-        self.timestep_map = timestep_map
-        self.rescale_timesteps = rescale_timesteps
-        self.original_num_steps = original_num_steps
-
-    def __call__(self, x, ts, **kwargs):
-        map_tensor = th.tensor(self.timestep_map, device=ts.device, dtype=ts.dtype)
-        new_ts = map_tensor[ts]
-        if self.rescale_timesteps:
-            new_ts = new_ts.float() * (1000.0 / self.original_num_steps)
-        return self.model(x, new_ts, **kwargs)
+        return t  # as released: the model is called through the step -> original timestep map
