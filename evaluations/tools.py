@@ -5,8 +5,10 @@
 """
 
 import argparse
+import dataclasses
 import os
 import sys
+import warnings
 
 if __package__ in (None, ""):  # run as a script: make the `evaluations` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,6 +20,7 @@ from PIL import Image
 from evaluations import metrics
 from evaluations.evaluator import batch_activations, check_images
 from evaluations.npz_io import open_npz_array
+from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -47,13 +50,40 @@ def load_square(path, image_size):
         return np.asarray(image.crop((left, top, left + image_size, top + image_size)))
 
 
+def readable_images(paths, image_size, skipped):
+    """Yield load_square(path) for each path, skipping (with a warning naming it) each unreadable file,
+    which is appended to ``skipped``."""
+    for path in paths:
+        try:
+            yield load_square(path, image_size)
+        except (OSError, ValueError, SyntaxError) as error:  # truncated, not an image, corrupt header
+            warnings.warn(f"skipping unreadable image {path}: {error}")
+            skipped.append(path)
+
+
+def batched(items, batch_size):
+    """Stack an iterable of arrays into [<=batch_size, ...] arrays."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
 def make_reference(folder, out_path, image_size, num_keep, model, batch_size=64, device="cpu"):
-    """Write ``arr_0`` (the first ``num_keep`` images) and mu/sigma/mu_s/sigma_s over all images."""
+    """Write a reference batch: ``arr_0`` (the first ``num_keep`` readable images) with their pool_3
+    activations, and mu/sigma/mu_s/sigma_s over all readable images; the evaluator then needs no
+    Inception pass over it. Unreadable files are skipped with a warning.
+
+    :return: (number of images used, list of skipped paths).
+    """
+    if num_keep <= metrics.NHOOD_SIZE:
+        raise ValueError(f"num_keep={num_keep}: precision/recall need more than {metrics.NHOOD_SIZE} images")
     paths = list_images(folder)
-    batches = (
-        np.stack([load_square(p, image_size) for p in paths[i : i + batch_size]])
-        for i in range(0, len(paths), batch_size)
-    )
+    skipped = []
     kept = []
 
     def keep(stream):
@@ -63,11 +93,16 @@ def make_reference(folder, out_path, image_size, num_keep, model, batch_size=64,
                 kept.append(batch[:room])
             yield batch
 
-    acts = batch_activations(model, keep(batches), device, total=-(-len(paths) // batch_size))
-    mu, sigma = metrics.statistics(acts["pool"])
-    mu_s, sigma_s = metrics.statistics(acts["spatial"])
-    np.savez(out_path, arr_0=np.concatenate(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
-    return len(paths)
+    batches = keep(batched(readable_images(paths, image_size, skipped), batch_size))
+    acts = batch_activations(model, batches, device, total=-(-len(paths) // batch_size))
+    used = len(paths) - len(skipped)
+    if used <= metrics.NHOOD_SIZE:
+        raise ValueError(f"{folder!r}: only {used} readable images ({len(skipped)} skipped); a reference "
+                         f"needs more than {metrics.NHOOD_SIZE}")
+    kept = np.concatenate(kept)
+    stats = BatchStats.from_activations(acts)
+    dataclasses.replace(stats, pool=stats.pool[: len(kept)]).save(out_path, arr_0=kept)
+    return used, skipped
 
 
 def npz_to_png(path, out_dir, batch_size=256):
@@ -102,10 +137,11 @@ def main(argv=None):
         print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
         return
     model = load_inception(args.inception_path or None, args.device)
-    count = make_reference(
+    count, skipped = make_reference(
         args.image_dir, args.out, args.image_size, args.num_keep, model, args.batch_size, args.device
     )
-    print(f"wrote {args.out}: statistics over {count} images, arr_0 holds {min(count, args.num_keep)}")
+    print(f"wrote {args.out}: statistics over {count} images, arr_0 holds {min(count, args.num_keep)}"
+          + (f"; skipped {len(skipped)} unreadable files (named in the warnings above)" if skipped else ""))
 
 
 if __name__ == "__main__":

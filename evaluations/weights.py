@@ -45,10 +45,6 @@ def resolve_inception_path(path=None):
 def load_inception(path=None, device="cpu"):
     """Build the InceptionV3 with weights from ``path`` (a .pb GraphDef or a TorchScript .pt), in eval mode."""
     path = resolve_inception_path(path)
-    # TF32 convolutions (on by default for cuDNN on Ampere+) would move features by ~1e-3;
-    # the release's graph runs in full float32.
-    th.backends.cudnn.allow_tf32 = False
-    th.backends.cuda.matmul.allow_tf32 = False
     model = InceptionV3()
     if path.endswith(".pb"):
         load_graph_def_weights(model, path)

@@ -11,7 +11,9 @@ import torch as th
 from PIL import Image
 
 from evaluations import evaluator, metrics, tools, weights
-from evaluations.npz_io import open_npz_array, read_statistics
+from evaluations.features import PixelFeatures
+from evaluations.npz_io import open_npz_array
+from evaluations.stats import BatchStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_weights = pytest.mark.skipif(
@@ -59,7 +61,7 @@ def test_cli_needs_two_batches_or_one_with_save_stats(tmp_path, capsys):
     np.save(not_npz, _images(2))
     with pytest.raises(SystemExit):
         evaluator.main([str(not_npz), str(not_npz)])
-    assert "is not an .npz file" in capsys.readouterr().err
+    assert "is not a complete .npz file" in capsys.readouterr().err
 
 
 def test_script_runs_from_any_directory():
@@ -91,12 +93,13 @@ def test_save_stats_writes_the_release_keys(tmp_path):
     batch, stats = tmp_path / "ref.npz", tmp_path / "ref_stats.npz"
     np.savez(batch, arr_0=_images(6, seed=1))
     evaluator.main(["--save_stats", str(stats), str(batch), "--batch_size", "4"])
-    saved = read_statistics(str(stats))
+    saved = BatchStats.load(str(stats), evaluator.check_reference(str(stats), (2048, 2023)))
     acts = evaluator.npz_activations(weights.load_inception(), str(batch), 3, "cpu")
-    expected = metrics.statistics(acts["pool"]) + metrics.statistics(acts["spatial"])
-    assert [a.shape for a in saved] == [(2048,), (2048, 2048), (2023,), (2023, 2023)]
-    for got, want in zip(saved, expected):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # batch size 4 vs 3: same statistics
+    expected = BatchStats.from_activations(acts)
+    assert saved.pool.dtype == np.float16 and saved.pool.shape == (6, 2048)
+    assert [saved.mu.shape, saved.sigma.shape, saved.mu_s.shape] == [(2048,), (2048, 2048), (2023,)]
+    for key in ("mu", "sigma", "mu_s", "sigma_s", "pool"):  # batch size 4 vs 3: same statistics
+        np.testing.assert_allclose(getattr(saved, key), getattr(expected, key), rtol=2e-3, atol=1e-5)
 
 
 @needs_weights
@@ -111,16 +114,21 @@ def test_inception_score_uses_the_softmax_of_sample_features(tmp_path):
     acts = evaluator.npz_activations(model, str(path), 4, "cpu", with_softmax=True)
     assert acts["probs"].shape == (4, 1008)
     assert 1.0 <= metrics.inception_score(acts["probs"]) <= 4.0
-    with pytest.raises(ValueError, match="statistics do not match"):  # stored 3-d stats vs 2048-d features
+    with pytest.raises(ValueError, match="feature sizes are 2048"):  # stored 3-d stats vs 2048-d features
         evaluator.evaluate(str(tmp_path / "ref.npz"), str(path), model, batch_size=4)
 
 
-def test_sample_file_with_statistics_warns(tmp_path):
-    path = tmp_path / "s.npz"
-    np.savez(path, arr_0=_images(2), mu=np.zeros(2), sigma=np.eye(2), mu_s=np.zeros(2), sigma_s=np.eye(2))
+def test_sample_file_with_statistics_warns_and_uses_them(tmp_path):
+    features = PixelFeatures()
+    ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
+    np.savez(ref, arr_0=_images(8, seed=1))
+    mu, mu_s = np.full(12, 0.5), np.full(6, 0.5)  # the stored moments, far from the images' own
+    np.savez(sample, arr_0=_images(8, seed=2), mu=mu, sigma=np.eye(12), mu_s=mu_s, sigma_s=np.eye(6))
     with pytest.warns(UserWarning, match="carries its own mu/sigma"):
-        stats = evaluator.batch_statistics(str(path), {}, "sample")
-    np.testing.assert_array_equal(stats[1], np.eye(2))
+        results = evaluator.evaluate(str(ref), str(sample), features)
+    ref_stats = evaluator.reference_stats(str(ref), features)
+    stored = BatchStats(mu, np.eye(12), mu_s, np.eye(6))
+    assert (results["fid"], results["sfid"]) == stored.frechet_distances(ref_stats)
 
 
 def test_npz_to_png_round_trip(tmp_path):
@@ -139,7 +147,9 @@ def test_make_reference_keeps_a_subset_and_statistics_over_all(tmp_path):
         Image.fromarray(image[:, 2:]).save(folder / f"{i}.png")  # 20x18: resized and centre-cropped
     out = tmp_path / "ref.npz"
     model = weights.load_inception()
-    assert tools.make_reference(str(tmp_path / "imgs"), str(out), 16, 3, model, batch_size=2) == 5
+    assert tools.make_reference(str(tmp_path / "imgs"), str(out), 16, 4, model, batch_size=3) == (5, [])
     with np.load(out) as data:
-        assert data["arr_0"].shape == (3, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+        assert data["arr_0"].shape == (4, 16, 16, 3) and data["arr_0"].dtype == np.uint8
         assert data["mu"].shape == (2048,) and data["sigma_s"].shape == (2023, 2023)
+        kept = evaluator.batch_activations(model, [data["arr_0"]], "cpu")["pool"]
+        np.testing.assert_allclose(data["pool_3"], kept, rtol=2e-3, atol=1e-5)  # the kept images' pool_3
