@@ -5,26 +5,56 @@ AdaGN, BigGAN resampling, blocks, attention placement, classifier pool). When a 
 not fit the model built from the command line, we compare what each reveals and name the flags.
 """
 
+import io
 import re
 
 import torch as th
 
 from . import dist_util
 
+EXPECTED_FILE = (
+    "a model state dict saved by training or released with the paper (modelNNNNNN.pt, "
+    "ema_RATE_NNNNNN.pt, or e.g. 256x256_diffusion.pt)"
+)
+
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's keys or shapes do not fit the model built from the flags."""
 
 
+class CheckpointFileError(ValueError):
+    """The file is not a readable model state dict: empty, truncated, or another kind of file."""
+
+
 def read_state_dict(path):
-    """Read a state dict (read once, shared across ranks) with torch.load(weights_only=True)."""
-    state_dict = dist_util.load_state_dict(path, map_location="cpu")
+    """Read a model state dict {name: tensor} on the CPU (read once, shared across ranks).
+
+    Loads with torch.load(weights_only=True); raises FileNotFoundError for a missing file and
+    CheckpointFileError naming the file and what was expected for anything else that is not one.
+    """
+    data = dist_util.read_bytes_once(path)
+    if not data:
+        raise CheckpointFileError(f"{path!r} is empty: expected {EXPECTED_FILE}")
+    try:
+        state_dict = th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointFileError(f"{path!r} {_unreadable_reason(data, exc)}: expected {EXPECTED_FILE}") from exc
     if not isinstance(state_dict, dict) or not all(isinstance(v, th.Tensor) for v in state_dict.values()):
-        raise CheckpointMismatchError(
-            f"{path!r} is not a model state dict (a mapping of parameter names to tensors); "
-            "pass a modelNNNNNN.pt or ema_RATE_NNNNNN.pt file, not an optimizer or trainer state file"
+        raise CheckpointFileError(
+            f"{path!r} holds a {type(state_dict).__name__}, not a model state dict (a mapping of parameter "
+            f"names to tensors): expected {EXPECTED_FILE}, not an optimizer (optNNNNNN.pt) or trainer state "
+            "(stateNNNNNN.pt) file"
         )
     return state_dict
+
+
+def _unreadable_reason(data, exc):
+    """Why torch.load failed on `data` (a file's bytes), in words."""
+    if "Weights only load failed" in str(exc):
+        return "holds Python objects, not only tensors (a pickled model? save model.state_dict() instead)"
+    if data[:4] == b"PK\x03\x04":  # torch's zip format, cut short or damaged
+        return f"is truncated or damaged ({len(data)} bytes; an interrupted save or copy?)"
+    return "is not a torch checkpoint"
 
 
 def load_checkpoint(model, path):
@@ -93,17 +123,35 @@ def _pool_of(shapes):
     return "spatial_v2" if "out.3.weight" in shapes else "spatial"
 
 
+def _out_channels_hint(c, m):
+    if c and m and 2 * min(c, m) == max(c, m):
+        return f"--learn_sigma: the checkpoint outputs {c} channels, the model {m} (twice the image channels = learned sigma)"
+    return (
+        f"--image_channels / --learn_sigma: the checkpoint outputs {c} channels, the model {m} "
+        "(the image channels, twice that with learned sigma)"
+    )
+
+
+def _label_rows_hint(c, m):
+    if c and m and abs(c - m) == 1:
+        return (
+            f"--class_dropout_prob: the checkpoint's label_emb has {c} rows, the model's {m}; the extra row is "
+            "the null class of a model trained with --class_dropout_prob > 0 (give it again, as in training)"
+        )
+    return (
+        f"--class_cond / --num_classes: checkpoint {'has no class embedding' if c is None else f'has {c} classes'}, "
+        f"model {'has none' if m is None else f'has {m}'}"
+    )
+
+
 _HINTS = {
     "num_channels": lambda c, m: f"--num_channels (or --classifier_width): checkpoint {c}, flags {m}",
     "in_channels": lambda c, m: (
-        f"input channels: checkpoint {c}, model {m} "
-        "(6 means a super-resolution model: use super_res_sample.py / super_res_train.py)"
+        f"--image_channels: the checkpoint takes {c} input channels, the model {m} (1 = greyscale, 3 = RGB; "
+        "a super-resolution model takes twice its image channels: use super_res_sample.py / super_res_train.py)"
     ),
-    "out_channels": lambda c, m: f"--learn_sigma: the checkpoint outputs {c} channels, the model {m} (6 = learned sigma)",
-    "num_classes": lambda c, m: (
-        f"--class_cond / --num_classes: checkpoint {'has no class embedding' if c is None else f'has {c} classes'}, "
-        f"model {'has none' if m is None else f'has {m}'}"
-    ),
+    "out_channels": lambda c, m: _out_channels_hint(c, m),
+    "num_classes": lambda c, m: _label_rows_hint(c, m),
     "use_scale_shift_norm": lambda c, m: f"--use_scale_shift_norm: checkpoint {c}, flags {m}",
     "resampling_convs": lambda c, m: f"--resblock_updown: checkpoint {not c}, flags {not m}",
     "input_blocks": lambda c, m: (

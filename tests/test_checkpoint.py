@@ -4,7 +4,8 @@ import pytest
 import torch as th
 
 from guided_diffusion import script_util as su
-from guided_diffusion.checkpoint import CheckpointMismatchError, load_checkpoint
+from guided_diffusion.checkpoint import CheckpointFileError, CheckpointMismatchError, load_checkpoint
+from guided_diffusion.unet import UNetModel
 
 BASE = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
             num_head_channels=16, use_scale_shift_norm=True, resblock_updown=True, learn_sigma=True, class_cond=True)  # fmt: skip
@@ -61,9 +62,58 @@ def test_classifier_pool_mismatch(tmp_path):
         load_checkpoint(su.create_classifier(*args, "attention", classifier_channel_mult="1,2"), str(tmp_path / "c.pt"))
 
 
-def test_missing_file_and_non_state_dict(tmp_path):
+def unet(**overrides):
+    """A tiny UNet built directly, for flags the factories may not take."""
+    kwargs = dict(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+                  attention_resolutions=(), channel_mult=(1,))  # fmt: skip
+    return UNetModel(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize(
+    "checkpoint_kwargs, model_kwargs, pattern",
+    [
+        (dict(in_channels=1, out_channels=1), {}, r"--image_channels: the checkpoint takes 1 input channels, the model 3"),
+        (dict(in_channels=1, out_channels=2), dict(out_channels=6), r"--image_channels / --learn_sigma: .* outputs 2 "),
+        (dict(num_classes=10, class_dropout_prob=0.1), dict(num_classes=10), r"--class_dropout_prob: .* 11 rows, the model's 10"),
+    ],
+)
+def test_mismatch_names_image_channels_and_class_dropout(tmp_path, checkpoint_kwargs, model_kwargs, pattern):
+    th.save(unet(**checkpoint_kwargs).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(CheckpointMismatchError, match=pattern):
+        load_checkpoint(unet(**model_kwargs), str(tmp_path / "model.pt"))
+
+
+def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(su.create_model(**BASE), str(tmp_path / "nope.pt"))
-    th.save({"step": 3, "lr": 1e-4}, tmp_path / "state.pt")
-    with pytest.raises(CheckpointMismatchError, match="not a model state dict"):
-        load_checkpoint(su.create_model(**BASE), str(tmp_path / "state.pt"))
+
+
+def _saved_bytes(tmp_path, obj):
+    th.save(obj, tmp_path / "whole.pt")
+    return (tmp_path / "whole.pt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (lambda tmp: b"", "is empty"),
+        (lambda tmp: _saved_bytes(tmp, unet().state_dict())[:-100], "is truncated or damaged"),
+        (lambda tmp: _saved_bytes(tmp, unet().state_dict())[:10], "is truncated or damaged"),
+        (lambda tmp: b"step,loss\n1,0.5\n", "is not a torch checkpoint"),
+        (lambda tmp: _saved_bytes(tmp, th.nn.Linear(2, 2)), "holds Python objects"),
+    ],
+)
+def test_unreadable_file_names_the_file_and_what_was_expected(tmp_path, content, reason):
+    path = tmp_path / "model000010.pt"
+    path.write_bytes(content(tmp_path))
+    with pytest.raises(CheckpointFileError, match=reason) as info:
+        load_checkpoint(unet(), str(path))
+    assert str(path) in str(info.value)
+    assert "expected a model state dict saved by training" in str(info.value) and "modelNNNNNN.pt" in str(info.value)
+
+
+@pytest.mark.parametrize("obj, kind", [([1, 2, 3], "list"), ({"step": 3, "lr": 1e-4}, "dict")])
+def test_pickle_of_a_non_state_dict(tmp_path, obj, kind):
+    th.save(obj, tmp_path / "state.pt")
+    with pytest.raises(CheckpointFileError, match=f"holds a {kind}, not a model state dict"):
+        load_checkpoint(unet(), str(tmp_path / "state.pt"))
