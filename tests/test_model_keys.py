@@ -9,7 +9,7 @@ import torch as th
 
 from guided_diffusion import script_util as su
 from guided_diffusion.presets import PRESETS
-from guided_diffusion.unet import EncoderUNetModel
+from guided_diffusion.unet import EncoderUNetModel, SuperResModel, UNetModel
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 CONFIGS = sorted(p.stem[len("state_dict_") :] for p in REFERENCE.glob("state_dict_*.json") if "variants" not in p.stem)
@@ -86,3 +86,20 @@ def test_released_state_dict_loads_strictly():
     state = {e["key"]: th.randn(e["shape"]) for e in variant["state_dict"]}
     model.load_state_dict(state, strict=True)
     assert th.equal(model.state_dict()["out.2.weight"], state["out.2.weight"])
+
+
+@pytest.mark.parametrize("name, model_class", [("adm256_cond", UNetModel), ("upsampler64_256", SuperResModel)])
+def test_class_dropout_adds_only_the_null_row(name, model_class):
+    """Without --class_dropout_prob a released configuration keeps its exact keys; with it, only
+    label_emb grows by one row (the null class)."""
+    ref = load_reference(name)
+    # the fixture lists the shape-relevant keywords but resblock_updown; SuperResModel doubles in_channels itself
+    kwargs = dict(ref["constructor"], in_channels=3, resblock_updown=True)
+    with th.device("meta"):
+        released = model_class(**kwargs, class_dropout_prob=0.0)
+        guided = model_class(**kwargs, class_dropout_prob=0.1)
+    assert key_shapes(released) == expected_key_shapes(ref)
+    classes, width = dict(expected_key_shapes(ref))["label_emb.weight"]
+    expected = [(k, [classes + 1, width] if k == "label_emb.weight" else shape) for k, shape in expected_key_shapes(ref)]
+    assert key_shapes(guided) == expected
+    assert released.null_class is None and guided.null_class == classes == 1000

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from guided_diffusion import script_util as su
 from guided_diffusion.nn import timestep_embedding
-from guided_diffusion.unet import AttentionBlock, EncoderUNetModel, QKVAttention, ResBlock, SuperResModel
+from guided_diffusion.unet import AttentionBlock, EncoderUNetModel, QKVAttention, ResBlock, SuperResModel, UNetModel
 
 TINY = dict(
     image_size=16,
@@ -144,8 +144,7 @@ def test_use_checkpoint_gives_same_gradients():
 
 
 def test_fp16_conversion_matches_release_layout():
-    model = tiny_unet(use_fp16=True)
-    model.convert_to_fp16()
+    model = tiny_unet(use_fp16=True)  # no convert_to_fp16() call needed
     assert model.input_blocks[1][0].in_layers[2].weight.dtype == th.float16  # torso convs
     assert model.input_blocks[3][1].qkv.weight.dtype == th.float16  # attention 1x1 convs too
     assert model.input_blocks[1][0].in_layers[0].weight.dtype == th.float32  # norms stay fp32
@@ -199,10 +198,88 @@ def test_fp16_torso_output_close_to_fp32():
     """The release's fp16 mode (half torso, float32 norms / embeddings / output) on the same weights."""
     reference = tiny_unet()
     half = su.create_model(**dict(TINY, class_cond=True, num_classes=10, use_fp16=True))
-    half.load_state_dict(reference.state_dict())
-    half.convert_to_fp16()
+    half.load_state_dict(reference.state_dict())  # cast to the half torso's dtypes on load
     x, t, y = th.randn(2, 3, 16, 16), th.tensor([3, 400]), th.tensor([1, 2])
     expected, out = reference(x, t, y=y), half(x, t, y=y)
     assert out.dtype == th.float32
     assert (out - expected).abs().max() < 1e-2 * expected.abs().max()
     assert not th.equal(out, expected)  # it really ran in half precision
+
+
+def test_use_fp16_makes_the_model_half_precision_by_itself():
+    """use_fp16 alone gives the release's fp16 layout; convert_to_fp16 is idempotent and
+    convert_to_fp32 runs the same (rounded) weights entirely in float32."""
+    half = tiny_unet(use_fp16=True)
+    conv = half.input_blocks[1][0].in_layers[2]
+    assert conv.weight.dtype == th.float16 and half.out[2].weight.dtype == th.float32
+    x, t, y = th.randn(2, 3, 16, 16), th.tensor([3, 400]), th.tensor([1, 2])
+    out = half(x, t, y=y)
+    half.convert_to_fp16()
+    assert th.equal(half(x, t, y=y), out)
+    half.convert_to_fp32()
+    single = su.create_model(**dict(TINY, class_cond=True, num_classes=10)).eval()
+    single.load_state_dict(half.state_dict())
+    assert all(p.dtype == th.float32 for p in half.parameters())
+    assert th.equal(half(x, t, y=y), single(x, t, y=y))
+
+
+def cfg_unet(p, num_classes=4):
+    """A tiny class-conditional UNet (random weights, no dropout) with label dropout probability p."""
+    th.manual_seed(0)
+    model = UNetModel(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+                      attention_resolutions=(), channel_mult=(1,), num_classes=num_classes, class_dropout_prob=p)  # fmt: skip
+    return randomize(model)
+
+
+def test_label_dropout_replaces_labels_by_the_null_class_in_training_only():
+    model = cfg_unet(0.5)
+    x, t, y = th.randn(16, 3, 8, 8), th.full((16,), 10), th.arange(16) % 4
+    th.manual_seed(3)
+    dropped = th.rand(16) < 0.5
+    assert 0 < dropped.sum() < 16
+    expected = model.eval()(x, t, y=th.where(dropped, 4, y))
+    th.manual_seed(3)
+    assert th.equal(model.train()(x, t, y=y), expected)
+    assert th.equal(model.eval()(x, t, y=y), model(x, t, y=y))  # no dropout in eval mode
+    assert not th.allclose(model(x, t, y=y), expected)
+
+
+def test_label_dropout_rate():
+    model = cfg_unet(0.3, num_classes=10)
+    th.manual_seed(0)
+    labels = model._drop_labels(th.zeros(20000, dtype=th.long))
+    assert set(labels.unique().tolist()) == {0, 10}
+    assert abs((labels == 10).float().mean().item() - 0.3) < 0.015  # 4.6 standard deviations
+
+
+def test_null_class_label_and_property():
+    model = cfg_unet(0.1).eval()
+    assert model.null_class == 4 and model.label_emb.weight.shape[0] == 5
+    x, t = th.randn(2, 3, 8, 8), th.tensor([5, 5])
+    null = model(x, t, y=th.tensor([4, 4]))  # the unconditional branch, at any time
+    assert th.isfinite(null).all() and not th.allclose(null, model(x, t, y=th.tensor([0, 0])))
+    assert cfg_unet(0.0).null_class is None and tiny_unet(class_cond=False).null_class is None
+
+
+def test_without_label_dropout_training_draws_no_random_numbers():
+    """p = 0 (the release) leaves the global RNG alone, so training runs stay as released."""
+    model = cfg_unet(0.0).train()
+    th.manual_seed(7)
+    model(th.randn(2, 3, 8, 8), th.tensor([1, 2]), y=th.tensor([0, 3]))
+    after = th.rand(1)
+    th.manual_seed(7)
+    th.randn(2, 3, 8, 8)
+    assert th.equal(th.rand(1), after)
+
+
+def test_label_dropout_flag_errors():
+    with pytest.raises(ValueError, match="--class_cond True"):
+        UNetModel(8, 3, 32, 3, 1, (), channel_mult=(1,), class_dropout_prob=0.1)
+    with pytest.raises(ValueError, match=r"class_dropout_prob must be in \[0, 1\)"):
+        cfg_unet(1.0)
+
+
+def test_super_res_model_takes_label_dropout():
+    model = SuperResModel(8, 3, 32, 3, 1, (), channel_mult=(1,), num_classes=4, class_dropout_prob=0.2)
+    assert model.null_class == 4 and model.label_emb.weight.shape[0] == 5
+    assert model.input_blocks[0][0].weight.shape[1] == 6
