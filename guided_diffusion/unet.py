@@ -81,15 +81,15 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-def _norm_act_conv(dims, channels, out_channels, kernel_size=3, dropout=None, zero=False):
-    """GroupNorm, SiLU, [dropout,] conv: the layout of every pre-activation conv layer.
+def _norm_act_conv(dims, channels, out_channels, dropout=None, zero=False):
+    """GroupNorm, SiLU, [dropout,] 3x3 conv: the layout of every pre-activation conv layer.
 
     zero=True zero-initialises the conv (the last layer of a residual branch and of the UNet).
     """
     layers = [normalization(channels), nn.SiLU()]
     if dropout is not None:
         layers.append(nn.Dropout(p=dropout))
-    conv = conv_nd(dims, channels, out_channels, kernel_size, padding=kernel_size // 2)
+    conv = conv_nd(dims, channels, out_channels, 3, padding=1)
     return nn.Sequential(*layers, zero_module(conv) if zero else conv)
 
 
@@ -137,25 +137,26 @@ class ResBlock(TimestepBlock):
         if out_channels == channels:
             self.skip_connection = nn.Identity()
         else:
-            self.skip_connection = conv_nd(dims, channels, out_channels, 3 if use_conv else 1, padding=int(use_conv))
+            kernel = 3 if use_conv else 1
+            self.skip_connection = conv_nd(dims, channels, out_channels, kernel, padding=kernel // 2)
 
     def forward(self, x, emb):
         """x: [N, C, ...]; emb: [N, E] -> [N, C_out, ...] (spatial size x2 or /2 with up/down)."""
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x, emb):
-        *norm_act, first_conv = self.in_layers
-        h = first_conv(self.resample(nn.Sequential(*norm_act)(x)))
-        x = self.resample(x)
+        norm, act, conv = self.in_layers
+        h = conv(self.resample(act(norm(x))))
         cond = self.emb_layers(emb).type(h.dtype)
         cond = cond[(...,) + (None,) * (h.dim() - 2)]  # [N, C'] -> [N, C', 1, ...]
-        out_norm, rest = self.out_layers[0], self.out_layers[1:]
+        norm, act, dropout, conv = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = cond.chunk(2, dim=1)
-            h = out_norm(h) * (1 + scale) + shift
+            h = norm(h) * (1 + scale) + shift
         else:
-            h = out_norm(h + cond)
-        return (self.skip_connection(x) + rest(h)) * self.output_scale
+            h = norm(h + cond)
+        h = conv(dropout(act(h)))
+        return (self.skip_connection(self.resample(x)) + h) * self.output_scale
 
 
 class QKVAttention(nn.Module):
@@ -322,7 +323,8 @@ class _UNetTorso(nn.Module):
     downsampling path `input_blocks` and the `middle_block`, and the precision switch.
 
     attention_ds are downsample rates: a block at resolution image_size / ds gets attention
-    when ds is in it (the command line's --attention_resolutions are pixels; script_util converts).
+    when ds is in it. The command line's --attention_resolutions are pixels; the model factories
+    convert them (ds = image_size // pixels) and pass them as the `attention_resolutions` keyword.
     """
 
     def __init__(
@@ -385,7 +387,10 @@ class _UNetTorso(nn.Module):
         self.dtype = th.float32
 
     def _set_precision(self, use_fp16):
-        self.convert_to_fp16() if use_fp16 else self.convert_to_fp32()
+        if use_fp16:
+            self.convert_to_fp16()
+        else:
+            self.convert_to_fp32()
 
     def _embed(self, timesteps, y=None):
         """timesteps: [N], y: [N] labels or None -> embedding [N, 4 * model_channels]."""
