@@ -175,15 +175,27 @@ def remove_temp_files(log_dir):
     return names
 
 
-def set_aside_later_files(log_dir, step):
-    """Move the checkpoint files of steps after `step` (a resumed run's future, possibly incomplete sets)
-    into a new folder log_dir/set_aside_after_stepNNNNNN[_K]; nothing is deleted.
+def complete_steps(folder):
+    """Sorted steps whose model, optimizer and state files are all in `folder` (EMA rates may change)."""
+    return sorted(step for step, names in checkpoint_steps_in(folder).items()
+                  if {model_filename(step), opt_filename(step), state_filename(step)} <= set(names))
 
-    Returns (that folder, the names moved), or (None, []) when there is nothing to move.
-    """
-    names = sorted(name for later, found in checkpoint_steps_in(log_dir).items() if later > step for name in found)
-    if not names:
-        return None, []
+
+def has_resume_state(folder):
+    """Whether `folder` holds a stateNNNNNN.pt: a run of this project (the release writes none)."""
+    return any(state_filename(step) in names for step, names in checkpoint_steps_in(folder).items())
+
+
+def later_files(log_dir, step, incomplete_only=False):
+    """Names of the checkpoint files of steps after `step`; with incomplete_only, only of steps that have no
+    model file (the remains of an interrupted save, which no run can resume from)."""
+    return sorted(name for later, names in checkpoint_steps_in(log_dir).items()
+                  if later > step and not (incomplete_only and model_filename(later) in names) for name in names)
+
+
+def set_aside(log_dir, step, names):
+    """Move `names` (files of log_dir) into a new folder log_dir/set_aside_after_stepNNNNNN[_K] and return
+    it: a run continuing from `step` keeps them out of its way without deleting anything."""
     folder = bf.join(log_dir, f"{SET_ASIDE_PREFIX}{step:06d}")
     k = 1
     while bf.exists(folder):
@@ -192,7 +204,7 @@ def set_aside_later_files(log_dir, step):
     bf.makedirs(folder)
     for name in names:
         _move(bf.join(log_dir, name), bf.join(folder, name))
-    return folder, names
+    return folder
 
 
 def _move(src, dst):
@@ -207,7 +219,7 @@ def check_log_dir_is_free(log_dir, start_step, resume_dir=None):
     """Refuse to start where this run's saves could overwrite checkpoints of a different run.
 
     Files at steps >= start_step are a conflict, except the resumed checkpoint's own files when the run
-    continues in the folder it was resumed from (whose later files set_aside_later_files moves away first).
+    continues in the folder it was resumed from (whose later files are set aside first).
     """
     same_dir = resume_dir is not None and same_folder(resume_dir, log_dir)
     conflicts = sorted(
@@ -218,10 +230,13 @@ def check_log_dir_is_free(log_dir, start_step, resume_dir=None):
     )
     if conflicts:
         shown = ", ".join(conflicts[:4]) + (" ..." if len(conflicts) > 4 else "")
+        steps = complete_steps(log_dir)
+        newest = f"--resume_checkpoint {bf.join(log_dir, model_filename(steps[-1]))}" if steps else \
+            "--resume_checkpoint <its newest modelNNNNNN.pt>"
         raise FileExistsError(
             f"the log dir {log_dir} already holds checkpoints at or after step {start_step} ({shown}); "
-            f"this run would overwrite them. Set OPENAI_LOGDIR to a new folder, or resume from the latest "
-            f"checkpoint with --resume_checkpoint {log_dir}/modelNNNNNN.pt"
+            f"this run would overwrite them. Set OPENAI_LOGDIR to a new folder, or continue that run with "
+            f"{newest}"
         )
 
 

@@ -459,6 +459,22 @@ class _ResumeFiles:
         self.named_like_run = step is not None
         self.opt_path = self._beside(train_state.opt_filename(self.step))
         self.state_path = self._beside(train_state.state_filename(self.step))
+        self._refuse_an_incomplete_set()
+
+    def _refuse_an_incomplete_set(self):
+        """A run of this project (state files beside it) resumes only from a complete set, exactly; a
+        release checkpoint (no state files) resumes as released, with warnings for the missing files."""
+        complete = train_state.complete_steps(self.dir)
+        if not self.named_like_run or self.step in complete or not train_state.has_resume_state(self.dir):
+            return
+        missing = [name for name in (train_state.opt_filename(self.step), train_state.state_filename(self.step))
+                   if not bf.exists(bf.join(self.dir, name))]
+        newest = (f"resume from the newest complete set instead, --resume_checkpoint "
+                  f"{bf.join(self.dir, train_state.model_filename(complete[-1]))}" if complete
+                  else "no complete set is in that folder")
+        raise ValueError(f"{self.model_path} is part of an incomplete checkpoint set ({', '.join(missing)} "
+                         f"missing), left by an interrupted save: {newest}; or start from its weights at "
+                         f"step 0 with --init_checkpoint")
 
     def _beside(self, name):
         path = bf.join(self.dir, name)
@@ -470,16 +486,19 @@ class _ResumeFiles:
 
 def _prepare_log_dir(log_dir, start_step, resume):
     """Tidy log_dir for a run starting at start_step (rank 0 only): remove the temp files of an interrupted
-    save; when a run resumes in its own folder, move the files of later steps aside; refuse other conflicts."""
+    save; move aside the files of later steps when a run resumes in its own folder, else those of later
+    incomplete sets only; refuse other conflicts (the checkpoints of another run)."""
     removed = train_state.remove_temp_files(log_dir)
     if removed:
         logger.log(f"removed {len(removed)} temp file(s) left in {log_dir} by an interrupted save: "
                    f"{', '.join(removed)}")
-    if resume is not None and resume.named_like_run and train_state.same_folder(resume.dir, log_dir):
-        folder, moved = train_state.set_aside_later_files(log_dir, start_step)
-        if moved:
-            logger.warn(f"resuming from step {start_step}: moved the {len(moved)} files of later checkpoints "
-                        f"(complete or not) aside to {folder}, deleting nothing: {', '.join(moved)}")
+    own_folder = resume is not None and resume.named_like_run and train_state.same_folder(resume.dir, log_dir)
+    later = train_state.later_files(log_dir, start_step, incomplete_only=not own_folder)
+    if later:
+        folder = train_state.set_aside(log_dir, start_step, later)
+        kind = "later checkpoints (complete or not)" if own_folder else "incomplete checkpoint sets (no model file)"
+        logger.warn(f"starting at step {start_step}: moved the {len(later)} files of {kind} aside to {folder}, "
+                    f"deleting nothing: {', '.join(later)}")
     train_state.check_log_dir_is_free(log_dir, start_step, resume.dir if resume else None)
 
 

@@ -14,29 +14,34 @@ import torch as th
 from _train_helpers import PYTHON, REPO, read_progress, tiny_loop
 from guided_diffusion import train_state
 
-# Trains tiny_loop(LOG_DIR, MAX_STEPS[, RESUME]); with PAUSE_S set, every torch.save into a checkpoint's
-# temp file prints "wrote <temp name>" and then sleeps, so that a kill lands between the files of a set.
+# Trains tiny_loop(LOG_DIR, MAX_STEPS[, RESUME]). With PAUSE_AT=<checkpoint file name>, the save of that
+# file stops for a minute once its temp file is written (announced as "wrote <temp name>"), so that a kill
+# lands there: in the middle of a set, and of that file's atomic write.
 DRIVER = textwrap.dedent("""
     import os, sys, time
     import torch as th
     from _train_helpers import tiny_loop
 
-    pause, save = float(os.environ.get("PAUSE_S", "0")), th.save
+    save = th.save
 
-    def announced_save(obj, f):
+    def pausing_save(obj, f):
         save(obj, f)
-        print("wrote", os.path.basename(f.name), flush=True)
-        time.sleep(pause)
+        if os.path.basename(f.name).startswith(os.environ["PAUSE_AT"] + ".tmp-"):
+            print("wrote", os.path.basename(f.name), flush=True)
+            time.sleep(60)
 
-    if pause:
-        th.save = announced_save
+    if os.environ.get("PAUSE_AT"):
+        th.save = pausing_save
     tiny_loop(sys.argv[1], int(sys.argv[2]), *sys.argv[3:]).run_loop()
 """)
 
 
-def train(log_dir, max_steps, resume="", stop_at=None, sig=signal.SIGKILL, pause=0.0):
-    """Run the driver; when a line of its output contains `stop_at`, send it `sig`. -> (exit status, output)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), PAUSE_S=str(pause))
+def train(log_dir, max_steps, resume="", kill_during=None, stop_at=None, sig=signal.SIGKILL):
+    """Run the driver -> (exit status, output). kill_during: a checkpoint file name; SIGKILL the run while
+    that file is half written. stop_at: send `sig` when a line of the output contains this text."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), PAUSE_AT=kill_during or "")
+    if kill_during:
+        stop_at = f"wrote {kill_during}.tmp-"
     proc = subprocess.Popen([PYTHON, "-c", DRIVER, str(log_dir), str(max_steps), *([str(resume)] if resume else [])],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -87,17 +92,21 @@ def straight(tmp_path_factory):
 
 def test_sigkill_mid_save_then_resume_from_the_newest_model_file_is_exact(tmp_path, straight):
     run = tmp_path / "run"
+    # 0. the first save killed before its model file: the same command again sets those files aside
+    status, out = train(run, 6, kill_during="opt000002.pt")
+    assert status == -signal.SIGKILL and not list(run.glob("model*")) and (run / "ema_0.9_000002.pt").exists()
     # 1. killed after the first file of step 4 went to its temp file: step 2 is the newest (complete) set
-    status, out = train(run, 6, stop_at="wrote ema_0.9_000004.pt.tmp-", pause=0.3)
-    assert status == -signal.SIGKILL, out
+    status, out = train(run, 6, kill_during="ema_0.9_000004.pt")
+    assert status == -signal.SIGKILL and "removed 1 temp file(s)" in out, out
+    assert "moved the 2 files of incomplete checkpoint sets (no model file) aside" in out
     assert any(".tmp-" in p.name for p in run.iterdir()) and newest_model_file(run).name == "model000002.pt"
     # 2. resumed from it, killed with every file of step 4 renamed but the model file, still a temp file
-    status, out = train(run, 6, resume=newest_model_file(run), stop_at="wrote model000004.pt.tmp-", pause=0.3)
+    status, out = train(run, 6, resume=newest_model_file(run), kill_during="model000004.pt")
     assert status == -signal.SIGKILL and "removed 1 temp file(s)" in out, out
     assert {"opt000004.pt", "state000004.pt", "ema_0.9_000004.pt"} <= {p.name for p in run.iterdir()}
     assert newest_model_file(run).name == "model000002.pt"
     # 3. resumed again: the incomplete step-4 files are moved aside; killed in the middle of step 6's set
-    status, out = train(run, 6, resume=newest_model_file(run), stop_at="wrote ema_0.99_000006.pt.tmp-", pause=0.3)
+    status, out = train(run, 6, resume=newest_model_file(run), kill_during="ema_0.99_000006.pt")
     assert status == -signal.SIGKILL, out
     aside = run / "set_aside_after_step000002"
     assert f"aside to {aside}" in out and "removed 1 temp file(s)" in out, out
@@ -118,9 +127,20 @@ def test_resume_from_an_older_complete_set_in_the_same_folder(tmp_path, straight
     status, out = train(run, 6, resume=run / "model000002.pt")
     assert status == 0, out
     aside = run / "set_aside_after_step000002"
-    assert f"moved the 10 files of later checkpoints (complete or not) aside to {aside}" in out
+    assert f"moved the 10 files of later checkpoints (complete or not) aside to {aside}" in out, out
     assert_same_files(straight, run, SET_6)  # the same as the set it replaced
     assert_same_files(straight, aside, SET_6 + ["model000004.pt"])  # moved, not deleted
+
+
+def test_resuming_from_an_incomplete_set_is_refused_with_the_newest_complete_one(tmp_path):
+    tiny_loop(tmp_path, max_steps=4).run_loop()
+    (tmp_path / "state000004.pt").unlink()  # as an interrupted save of the older code could leave it
+    with pytest.raises(ValueError, match=r"incomplete checkpoint set \(state000004.pt missing\).*"
+                                         r"--resume_checkpoint .*model000002.pt"):
+        tiny_loop(tmp_path, max_steps=6, resume=tmp_path / "model000004.pt")
+    for name in ["opt000002.pt", "opt000004.pt", "state000002.pt"]:  # a release-style folder: no state files
+        (tmp_path / name).unlink()
+    assert tiny_loop(tmp_path, max_steps=6, resume=tmp_path / "model000004.pt").step == 4  # as released
 
 
 def test_disk_full_during_a_save_names_the_intact_set(tmp_path, monkeypatch):
