@@ -12,7 +12,8 @@ model's keyword arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t)
 
 The gradient enters the sampler as released: DDPM adds variance * gradient to the mean
 (`shift_mean`); DDIM and DPM-Solver++ replace eps by eps - sqrt(1 - alpha_bar_t) * gradient
-(`shift_score`). A guide with `score_only = True` (classifier-free guidance) always shifts the score.
+(`shift_score`). A guide with `score_only = True` (classifier-free guidance) always shifts the score;
+a plain function is a guide too.
 """
 
 import functools
@@ -127,8 +128,9 @@ class GuidedDenoiser:
         self.clip_denoised = clip_denoised
         self.denoised_fn = denoised_fn
         self.model_kwargs = model_kwargs or {}
-        self.score_guides = [g for g in guides if on == "score" or g.score_only]
-        self.mean_guides = [g for g in guides if on == "mean" and not g.score_only]
+        score_only = [getattr(g, "score_only", False) for g in guides]
+        self.score_guides = [g for g, only in zip(guides, score_only) if on == "score" or only]
+        self.mean_guides = [g for g, only in zip(guides, score_only) if on == "mean" and not only]
         null_classes = {g.null_class for g in guides if isinstance(g, ClassifierFreeGuidance)}
         if len(null_classes) > 1:
             raise ValueError(f"one classifier-free guide at a time, got null classes {sorted(null_classes)}")

@@ -1,0 +1,220 @@
+"""guided_diffusion.guidance: the guide API, classifier guidance as released, classifier-free guidance
+(one batched forward, eps_u + W (eps_c - eps_u)) on an analytic two-class model, and the user-written
+guide of docs/guidance.md."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+import torch.nn.functional as F
+
+from guided_diffusion import samplers
+from guided_diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
+from guided_diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidedDenoiser
+from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.schedules import get_named_beta_schedule
+
+SAMPLER_NAMES = list(samplers.SAMPLERS)
+STEPS = 1000
+CLASS_MEANS = th.tensor([-0.4, 0.4])  # class c: x_0 ~ N(CLASS_MEANS[c], DATA_STD^2 I)
+DATA_STD = 0.3
+NULL = 2  # the unconditional label
+
+
+def make_diffusion(respacing="12", var=ModelVarType.FIXED_SMALL):
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(STEPS, respacing), betas=get_named_beta_schedule("linear", STEPS),
+        model_mean_type=ModelMeanType.EPSILON, model_var_type=var, loss_type=LossType.MSE,
+    )
+
+
+ALPHA_BAR = th.from_numpy(np.cumprod(1 - get_named_beta_schedule("linear", STEPS)))
+
+
+class TwoClassModel(th.nn.Module):
+    """The exact eps of two Gaussian classes; label NULL gives the mixture's (unconditional) eps.
+
+    With learn_sigma, the variance channels carry v = tanh(label) (so branches are told apart).
+    Records the batch size and labels of every call.
+    """
+
+    def __init__(self, learn_sigma=False):
+        super().__init__()
+        self.learn_sigma = learn_sigma
+        self.calls = []
+
+    def forward(self, x, t, y):
+        self.calls.append((x.shape[0], y.tolist()))
+        ab = ALPHA_BAR[t].view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+        variance = ab * DATA_STD**2 + 1 - ab
+        scores = th.stack([-(x - ab.sqrt() * m) / variance for m in CLASS_MEANS])  # [2, N, ...]
+        log_likelihood = (-(x - ab.sqrt() * CLASS_MEANS.view(2, 1, *[1] * (x.dim() - 1))) ** 2).flatten(2).sum(2)
+        weights = th.softmax(log_likelihood / (2 * variance.flatten(1)[:, 0]), dim=0)  # p(c | x_t): [2, N]
+        mixture = (weights.view(2, -1, *[1] * (x.dim() - 1)) * scores).sum(0)
+        conditional = scores[y.clamp(max=1), th.arange(x.shape[0])]
+        score = th.where((y == NULL).view(-1, *[1] * (x.dim() - 1)), mixture, conditional)
+        eps = -(1 - ab).sqrt() * score
+        if not self.learn_sigma:
+            return eps
+        return th.cat([eps, th.tanh(y.float()).view(-1, *[1] * (x.dim() - 1)).expand_as(x)], dim=1)
+
+
+def labels(n=64):
+    return {"y": th.arange(n) % 2}
+
+
+def x_T(n=64, seed=0):
+    return th.randn(n, 1, 2, 2, generator=th.Generator().manual_seed(seed))
+
+
+def run(sampler, guidance=(), diffusion=None, model=None, clip_denoised=False, seed=0, n=64):
+    return samplers.sample(diffusion or make_diffusion(), model or TwoClassModel(), (n, 1, 2, 2), sampler=sampler,
+                           guidance=guidance, noise=x_T(n, seed), clip_denoised=clip_denoised, model_kwargs=labels(n),
+                           noise_fn=lambda x: th.randn(x.shape, generator=th.Generator().manual_seed(seed + 1)))
+
+
+def accuracy(x0):
+    """Share of samples nearer their requested class mean."""
+    return ((x0.flatten(1).mean(1) > 0).long() == labels(len(x0))["y"]).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# The guide API
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_a_zero_gradient_leaves_every_sampler_unchanged(sampler):
+    plain = run(sampler, clip_denoised=True)
+    guided = run(sampler, lambda x, t, prediction, **kw: th.zeros_like(x), clip_denoised=True)
+    assert th.allclose(guided, plain, atol=1e-5)
+    pushed = run(sampler, lambda x, t, prediction, **kw: th.ones_like(x), clip_denoised=True)
+    assert (pushed - plain).mean() > 0.01
+
+
+def toy_classifier(x, t):
+    """Logits of a 2-class 'noisy classifier': class 1 likes bright images, more so at low t."""
+    brightness = x.flatten(1).mean(1) * (2 - t.float() / STEPS)
+    return th.stack([-brightness, brightness], dim=1)
+
+
+def release_cond_fn(x, t, y=None):
+    """The release's classifier cond_fn, for comparison."""
+    with th.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        log_probs = F.log_softmax(toy_classifier(x_in, t), dim=-1)
+        return th.autograd.grad(log_probs[range(len(y)), y.view(-1)].sum(), x_in)[0] * 2.0
+
+
+@pytest.mark.parametrize("sampler, loop", [("ddpm", "p_sample_loop"), ("ddim", "ddim_sample_loop")])
+def test_classifier_guidance_reproduces_the_release_cond_fn(sampler, loop):
+    diffusion, model = make_diffusion(), TwoClassModel()
+    kwargs = dict(noise=x_T(), model_kwargs=labels(), noise_fn=lambda x: th.zeros_like(x) + 0.1)
+    released = getattr(diffusion, loop)(model, (64, 1, 2, 2), cond_fn=release_cond_fn, **kwargs)
+    ours = samplers.sample(diffusion, model, (64, 1, 2, 2), sampler=sampler,
+                           guidance=ClassifierGuidance(toy_classifier, 2.0), **kwargs)
+    assert th.equal(ours, released)
+
+
+def test_classifier_guidance_raises_the_requested_class_accuracy():
+    unconditional = TwoClassModel()
+    unconditional.forward = lambda x, t, y, model=unconditional: TwoClassModel.forward(model, x, t, th.full_like(y, NULL))
+    plain = accuracy(run("dpm++2m", model=unconditional))
+    guided = accuracy(run("dpm++2m", ClassifierGuidance(toy_classifier, 3.0), model=unconditional))
+    assert plain < 0.75 and guided > plain + 0.15
+
+
+def test_classifier_guidance_needs_labels():
+    with pytest.raises(ValueError, match="model_kwargs\\['y'\\]"):
+        ClassifierGuidance(toy_classifier, 1.0)(x_T(), th.zeros(64, dtype=th.long), {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier-free guidance
+
+
+def test_classifier_free_guidance_is_one_batched_forward_with_the_null_label():
+    model = TwoClassModel()
+    denoise = GuidedDenoiser(make_diffusion().denoiser, model, [ClassifierFreeGuidance(3.0, NULL)],
+                             model_kwargs={"y": th.tensor([0, 1])})
+    denoise(x_T(2), th.tensor([5, 5]))
+    assert model.calls == [(4, [0, 1, NULL, NULL])]
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_classifier_free_guidance_combines_eps_and_keeps_the_conditional_variance(scale):
+    diffusion = make_diffusion(var=ModelVarType.LEARNED_RANGE)
+    model, x, t = TwoClassModel(learn_sigma=True), x_T(4), th.tensor([2, 5, 8, 11])
+    y = th.tensor([0, 1, 0, 1])
+    guided = GuidedDenoiser(diffusion.denoiser, model, [ClassifierFreeGuidance(scale, NULL)], clip_denoised=False,
+                            model_kwargs={"y": y})(x, t)
+    model_t = diffusion.denoiser.model_timesteps(t)
+    eps_c, eps_u = model(x, model_t, y)[:, :1], model(x, model_t, th.full_like(y, NULL))[:, :1]
+    expected_x0 = diffusion._predict_xstart_from_eps(x, t, eps_u + scale * (eps_c - eps_u))
+    assert th.allclose(guided["pred_xstart"], expected_x0, atol=1e-5)
+    conditional = diffusion.p_mean_variance(model, x, t, clip_denoised=False, model_kwargs={"y": y})
+    assert th.equal(guided["log_variance"], conditional["log_variance"])
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_classifier_free_scale_one_is_conditional_sampling(sampler):
+    conditional = run(sampler, clip_denoised=True)
+    assert th.allclose(run(sampler, ClassifierFreeGuidance(1.0, NULL), clip_denoised=True), conditional, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_classifier_free_guidance_raises_the_requested_class_accuracy(sampler):
+    unguided = accuracy(run(sampler, ClassifierFreeGuidance(0.0, NULL)))  # W = 0: the unconditional model
+    guided = accuracy(run(sampler, ClassifierFreeGuidance(3.0, NULL)))
+    assert unguided < 0.75 and guided > 0.95
+
+
+def test_classifier_free_and_classifier_guidance_add_up():
+    diffusion, model, x, t = make_diffusion(), TwoClassModel(), x_T(4), th.tensor([3, 6, 9, 11])
+    y = th.tensor([1, 0, 1, 0])
+    both = GuidedDenoiser(diffusion.denoiser, model, [ClassifierFreeGuidance(2.0, NULL), ClassifierGuidance(toy_classifier, 1.5)],
+                          clip_denoised=False, model_kwargs={"y": y})(x, t)
+    model_t = diffusion.denoiser.model_timesteps(t)
+    eps_c, eps_u = model(x, model_t, y), model(x, model_t, th.full_like(y, NULL))
+    ab = th.from_numpy(diffusion.alphas_cumprod[t.numpy()]).float().view(-1, 1, 1, 1)
+    gradient = ClassifierGuidance(toy_classifier, 1.5)(x, model_t, y=y)
+    eps = eps_u + 2.0 * (eps_c - eps_u) - (1 - ab).sqrt() * gradient
+    assert th.allclose(both["pred_xstart"], diffusion._predict_xstart_from_eps(x, t, eps), atol=1e-5)
+
+
+def test_classifier_free_guidance_explains_what_it_needs():
+    with pytest.raises(ValueError, match="class_dropout_prob"):
+        ClassifierFreeGuidance(3.0, None)
+    denoise = GuidedDenoiser(make_diffusion().denoiser, TwoClassModel(), [ClassifierFreeGuidance(3.0, NULL)])
+    with pytest.raises(ValueError, match="model_kwargs\\['y'\\]"):
+        denoise(x_T(2), th.tensor([1, 1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# A user-written guide: the one docs/guidance.md shows
+
+
+def docs_guide_class():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class LowFrequencyGuidance" in b)
+    namespace = {}
+    exec(block, namespace)
+    return namespace["LowFrequencyGuidance"]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_documented_low_frequency_guide_pulls_samples_toward_the_reference(sampler):
+    LowFrequencyGuidance = docs_guide_class()
+    reference = th.tensor([0.6, -0.6]).view(1, 1, 2, 1).expand(1, 1, 2, 4)  # top bright, bottom dark
+    model = TwoClassModel()
+
+    def draw(guidance=()):
+        return samplers.sample(make_diffusion(), model, (32, 1, 4, 4), sampler=sampler, guidance=guidance,
+                               noise=th.randn(32, 1, 4, 4, generator=th.Generator().manual_seed(4)),
+                               model_kwargs={"y": th.arange(32) % 2}, noise_fn=lambda x: th.zeros_like(x))
+
+    def distance(x0):
+        return (F.avg_pool2d(x0, 2) - F.avg_pool2d(reference, 2)).abs().mean().item()
+
+    assert distance(draw(LowFrequencyGuidance(reference, scale=20.0, factor=2))) < 0.5 * distance(draw())

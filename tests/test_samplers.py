@@ -1,0 +1,222 @@
+"""guided_diffusion.samplers: the one sampler signature, DPM-Solver++(2M) against a 1000-step reference
+and against k-diffusion, and k-diffusion's OpenAIDenoiser driving our model and diffusion."""
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+
+from guided_diffusion import samplers
+from guided_diffusion.gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
+from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.schedules import get_named_beta_schedule
+from guided_diffusion.unet import UNetModel
+
+DATA_STD = 0.5
+
+
+def make_diffusion(respacing="", steps=1000, var=ModelVarType.FIXED_SMALL):
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(steps, respacing or [steps]), betas=get_named_beta_schedule("linear", steps),
+        model_mean_type=ModelMeanType.EPSILON, model_var_type=var, loss_type=LossType.MSE,
+    )
+
+
+def gaussian_eps_model(steps=1000):
+    """The exact eps predictor of data ~ N(0, DATA_STD^2 I) on the linear schedule, at original timesteps
+    (integer or, as k-diffusion passes them, fractional: interpolated in log alpha_bar)."""
+    log_alpha_bar = th.from_numpy(np.log(np.cumprod(1 - get_named_beta_schedule("linear", steps))))
+
+    def model(x, t, **kwargs):
+        t = t.double()
+        low = t.floor().long().clamp(max=steps - 2)
+        ab = (log_alpha_bar[low] + (t - low) * (log_alpha_bar[low + 1] - log_alpha_bar[low])).exp()
+        ab = ab.view(-1, *[1] * (x.dim() - 1))
+        return ((1 - ab).sqrt() * x / (ab * DATA_STD**2 + 1 - ab)).to(x.dtype)
+
+    return model
+
+
+def tiny_unet(learn_sigma=True, seed=0):
+    """A small random UNet (weights drawn, so that no output is zero-initialised)."""
+    th.manual_seed(seed)
+    model = UNetModel(image_size=8, in_channels=3, model_channels=32, out_channels=6 if learn_sigma else 3,
+                      num_res_blocks=1, attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=16)
+    with th.no_grad():
+        for param in model.parameters():
+            param.copy_(th.randn_like(param) * 0.02)
+    return model.eval()
+
+
+def x_T(shape=(2, 3, 8, 8), seed=1):
+    return th.randn(shape, generator=th.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# The one entry point
+
+
+@pytest.mark.parametrize("name, loop", [("ddpm", "p_sample_loop"), ("ddim", "ddim_sample_loop")])
+def test_sample_equals_the_release_loops(name, loop):
+    diffusion = make_diffusion("8")
+    model = gaussian_eps_model()
+    seen = []
+    th.manual_seed(5)
+    ours = samplers.sample(diffusion, model, (2, 3, 4), sampler=name, device="cpu", callback=seen.append)
+    th.manual_seed(5)
+    released = getattr(diffusion, loop)(model, (2, 3, 4), device="cpu")
+    assert th.equal(ours, released)
+    assert [s["i"] for s in seen] == list(range(8)) and th.equal(seen[-1]["sample"], ours)
+
+
+def test_unknown_sampler_names_the_choices():
+    with pytest.raises(ValueError, match="ddpm, ddim, dpm\\+\\+2m"):
+        samplers.sample(make_diffusion("5"), gaussian_eps_model(), (1, 2), sampler="euler", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# DPM-Solver++(2M)
+
+
+def test_dpm_solver_first_step_and_second_order_step_follow_the_formulas():
+    diffusion = make_diffusion("3")  # kept timesteps 0, 500, 999
+    model = gaussian_eps_model()
+    x = x_T((2, 3, 4)).double()
+    steps = list(samplers.sample_steps(diffusion, model, x.shape, sampler="dpm++2m", noise=x, clip_denoised=False))
+    ab = diffusion.alphas_cumprod
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    lam = np.log(alpha / sigma)
+
+    def x0_at(x, i):
+        t = th.full((x.shape[0],), diffusion.timestep_map[i])
+        eps = model(x, t)
+        return (x - sigma[i] * eps) / alpha[i]
+
+    h1 = lam[1] - lam[2]
+    x0_2 = x0_at(x, 2)
+    x1 = sigma[1] / sigma[2] * x - alpha[1] * math.expm1(-h1) * x0_2
+    h0 = lam[0] - lam[1]
+    x0_1 = x0_at(x1, 1)
+    r = h1 / h0
+    d = (1 + 1 / (2 * r)) * x0_1 - 1 / (2 * r) * x0_2
+    x0 = sigma[0] / sigma[1] * x1 - alpha[0] * math.expm1(-h0) * d
+    assert len(steps) == 3
+    assert th.allclose(steps[0]["sample"], x1, rtol=1e-5, atol=1e-5)  # float32 tables
+    assert th.allclose(steps[1]["sample"], x0, rtol=1e-5, atol=1e-5)
+    assert th.allclose(steps[2]["sample"], x0_at(x0, 0), rtol=1e-5, atol=1e-5)  # ends on the data prediction
+
+
+def perturbed_gaussian_model(seed=0):
+    """A non-linear 'trained model': the exact Gaussian eps plus a random, t-dependent convolution."""
+    gaussian = gaussian_eps_model()
+    conv = th.nn.Conv2d(3, 3, 3, padding=1)
+    with th.no_grad():
+        for param in conv.parameters():
+            param.copy_(th.randn(param.shape, generator=th.Generator().manual_seed(seed)) * 0.3)
+
+    def model(x, t, **kwargs):
+        phase = (t.double() / 300).sin().view(-1, 1, 1, 1)
+        return gaussian(x, t) + 0.3 * th.tanh(conv(x.float()).double() + phase).to(x.dtype)
+
+    return model
+
+
+def solve_dpm(model, noise, steps):
+    with th.no_grad():
+        return samplers.sample(make_diffusion(str(steps)), model, noise.shape, sampler="dpm++2m", noise=noise,
+                               clip_denoised=False)
+
+
+def test_the_1000_step_dpm_solver_solves_the_probability_flow_ode():
+    noise = x_T((4, 3, 8, 8)).double()
+    # the probability-flow ODE of Gaussian data is linear: x_0 = x_T * std_0 / std_T
+    ab = np.cumprod(1 - get_named_beta_schedule("linear", 1000))
+    exact = noise * math.sqrt(ab[0] * DATA_STD**2 + 1 - ab[0]) / math.sqrt(ab[-1] * DATA_STD**2 + 1 - ab[-1])
+    assert (solve_dpm(gaussian_eps_model(), noise, 1000) - exact).abs().max() < 2e-3
+
+
+def test_dpm_solver_converges_toward_the_1000_step_reference():
+    model, noise = perturbed_gaussian_model(), x_T((4, 3, 8, 8)).double()
+    reference = solve_dpm(model, noise, 1000)
+    errors = [(solve_dpm(model, noise, steps) - reference).abs().mean().item() for steps in (5, 10, 20)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.2 * errors[0]
+
+
+def test_dpm_solver_clips_the_data_prediction():
+    diffusion = make_diffusion("4")
+    big = samplers.sample(diffusion, lambda x, t: -2 * th.ones_like(x), (2, 3), sampler="dpm++2m",
+                          noise=th.full((2, 3), 3.0))
+    assert big.abs().max() <= 1  # the last step returns the clipped x_0
+
+
+# ----------------------------------------------------------------------------------------------
+# k-diffusion (installed with --no-deps): loaded by file path, its unused imports stubbed
+
+
+def load_k_diffusion():
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    root = Path(spec.submodule_search_locations[0])
+    saved = {name: sys.modules.get(name) for name in ("k_diffusion", "k_diffusion.utils", "torchdiffeq", "torchsde")}
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [str(root)]
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.dim())]
+    package.utils = utils
+    stubs = {"k_diffusion": package, "k_diffusion.utils": utils,
+             "torchdiffeq": types.SimpleNamespace(odeint=None), "torchsde": types.ModuleType("torchsde")}
+    try:
+        sys.modules.update(stubs)
+        modules = {}
+        for name in ("sampling", "external"):
+            module_spec = importlib.util.spec_from_file_location(f"k_diffusion.{name}", root / f"{name}.py")
+            modules[name] = importlib.util.module_from_spec(module_spec)
+            sys.modules[f"k_diffusion.{name}"] = modules[name]
+            setattr(package, name, modules[name])
+            module_spec.loader.exec_module(modules[name])
+        return modules["sampling"], modules["external"]
+    finally:
+        for name in ("k_diffusion.sampling", "k_diffusion.external"):
+            sys.modules.pop(name, None)
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def test_openai_denoiser_gives_our_eps_and_x0():
+    _, external = load_k_diffusion()
+    model, diffusion = tiny_unet(learn_sigma=True), make_diffusion(var=ModelVarType.LEARNED_RANGE)
+    wrapped = external.OpenAIDenoiser(model, diffusion, quantize=True)
+    x = x_T()
+    t = th.tensor([37, 640])
+    sigma = wrapped.sigmas[t]
+    with th.no_grad():
+        ours = diffusion.p_mean_variance(model, x, t, clip_denoised=False)
+        k_eps = wrapped.get_eps(x, wrapped.sigma_to_t(sigma))
+        k_x0 = wrapped(x / th.from_numpy(diffusion.sqrt_alphas_cumprod[t]).float().view(-1, 1, 1, 1), sigma)
+    assert th.allclose(k_eps, diffusion._predict_eps_from_xstart(x, t, ours["pred_xstart"]), atol=1e-5)
+    assert th.allclose(k_x0, ours["pred_xstart"], rtol=1e-4, atol=1e-4)
+
+
+def test_dpm_solver_agrees_with_k_diffusion_on_the_same_timesteps():
+    k_sampling, external = load_k_diffusion()
+    model, full = tiny_unet(learn_sigma=True, seed=2), make_diffusion(var=ModelVarType.LEARNED_RANGE)
+    respaced = make_diffusion("10", var=ModelVarType.LEARNED_RANGE)
+    noise = x_T(seed=3)
+    with th.no_grad():
+        ours = samplers.sample(respaced, model, noise.shape, sampler="dpm++2m", noise=noise, clip_denoised=False)
+        wrapped = external.OpenAIDenoiser(model, full)
+        kept = th.tensor(respaced.timestep_map).flip(0)
+        sigmas = th.cat([wrapped.sigmas[kept], th.zeros(1)])
+        theirs = k_sampling.sample_dpmpp_2m(wrapped, noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, disable=True)
+    # an untrained eps ~ 0 gives |x_0| ~ |x_T| / sqrt(alpha_bar_T) in the hundreds: compare relative to that
+    assert (ours - theirs).abs().max() < 1e-5 * ours.abs().max()
