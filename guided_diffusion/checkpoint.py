@@ -23,22 +23,28 @@ class CheckpointMismatchError(RuntimeError):
 
 
 class CheckpointFileError(ValueError):
-    """The file is not a readable model state dict: empty, truncated, or another kind of file."""
+    """The file is not what was expected: empty, truncated, or another kind of file."""
 
 
-def read_state_dict(path):
-    """Read a model state dict {name: tensor} on the CPU (read once, shared across ranks).
+def read_torch_file(path, expected=EXPECTED_FILE, map_location="cpu"):
+    """torch.load(path, weights_only=True), read once and shared across ranks.
 
-    Loads with torch.load(weights_only=True); raises FileNotFoundError for a missing file and
-    CheckpointFileError naming the file and what was expected for anything else that is not one.
+    Raises FileNotFoundError for a missing file, and CheckpointFileError naming the file and
+    `expected` (what the caller wanted, in words) when it is empty, truncated or not a torch file.
     """
     data = dist_util.read_bytes_once(path)
     if not data:
-        raise CheckpointFileError(f"{path!r} is empty: expected {EXPECTED_FILE}")
+        raise CheckpointFileError(f"{path!r} is empty: expected {expected}")
     try:
-        state_dict = th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return th.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointFileError(f"{path!r} {_unreadable_reason(data, exc)}: expected {EXPECTED_FILE}") from exc
+        raise CheckpointFileError(f"{path!r} {_unreadable_reason(data, exc)}: expected {expected}") from exc
+
+
+def read_state_dict(path):
+    """Read a model state dict {name: tensor} on the CPU; errors as read_torch_file's, and
+    CheckpointFileError when the file holds something else (an optimizer or trainer state)."""
+    state_dict = read_torch_file(path)
     if not isinstance(state_dict, dict) or not all(isinstance(v, th.Tensor) for v in state_dict.values()):
         raise CheckpointFileError(
             f"{path!r} holds a {type(state_dict).__name__}, not a model state dict (a mapping of parameter "

@@ -4,7 +4,7 @@ import pytest
 import torch as th
 
 from guided_diffusion import script_util as su
-from guided_diffusion.checkpoint import CheckpointFileError, CheckpointMismatchError, load_checkpoint
+from guided_diffusion.checkpoint import CheckpointFileError, CheckpointMismatchError, load_checkpoint, read_torch_file
 from guided_diffusion.unet import UNetModel
 
 BASE = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
@@ -117,3 +117,11 @@ def test_pickle_of_a_non_state_dict(tmp_path, obj, kind):
     th.save(obj, tmp_path / "state.pt")
     with pytest.raises(CheckpointFileError, match=f"holds a {kind}, not a model state dict"):
         load_checkpoint(unet(), str(tmp_path / "state.pt"))
+
+
+def test_read_torch_file_names_what_the_caller_expected(tmp_path):
+    (tmp_path / "opt000010.pt").write_bytes(b"")
+    with pytest.raises(CheckpointFileError, match=r"opt000010.pt' is empty: expected the optimizer state"):
+        read_torch_file(str(tmp_path / "opt000010.pt"), expected="the optimizer state (optNNNNNN.pt)")
+    th.save({"state": {}, "param_groups": []}, tmp_path / "opt000010.pt")
+    assert read_torch_file(str(tmp_path / "opt000010.pt"), expected="-") == {"state": {}, "param_groups": []}
