@@ -12,7 +12,7 @@ import torch as th
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from . import logger
+from . import dist_util, logger
 
 STEP_TAKEN = "ok"
 GRAD_OVERFLOW = "grad_overflow"
@@ -155,7 +155,7 @@ class MixedPrecisionTrainer:
         param_sq = _sum_of_squares([p.detach() for p in self.master_params], ref)
         loss = self._loss_sum if self._loss_sum is not None else th.zeros((), device=ref.device)
         loss_bad = (~th.isfinite(loss)).float().to(ref.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist_util.get_world_size() > 1:
             dist.all_reduce(loss_bad, op=dist.ReduceOp.MAX)
         grad_sq, param_sq, loss_bad = th.stack([grad_sq, param_sq, loss_bad]).tolist()
         return grad_sq ** 0.5 / grad_scale, param_sq ** 0.5, loss_bad == 0.0
