@@ -2,7 +2,6 @@
 gathers, under MPI and torchrun."""
 
 import subprocess
-import sys
 import textwrap
 
 import pytest
