@@ -415,9 +415,9 @@ class UNetModel(_UNetTorso):
     def __init__(
         self,
         image_size,                     # input resolution H == W (pixels)
-        in_channels,                    # input channels (3; 6 for the super-res model)
+        in_channels,                    # image channels (3 RGB, 1 greyscale); SuperResModel takes twice that
         model_channels,                 # base width C
-        out_channels,                   # 3, or 6 with learned sigma
+        out_channels,                   # image channels, twice that with learned sigma
         num_res_blocks,                 # resblocks per resolution level
         attention_resolutions,          # downsample rates (1, 2, 4, ...) whose blocks get attention (not pixels)
         dropout=0,                      # dropout probability in every resblock
@@ -435,7 +435,8 @@ class UNetModel(_UNetTorso):
         use_new_attention_order=False,  # split qkv before heads
         resblock_rescale=False,         # paper's 1/sqrt(2) residual rescaling ablation
         attention_impl="math",          # "math" (exact release einsums) or "sdpa" (fused)
-        class_dropout_prob=0.0,         # training: replace a label by the null class with this probability
+        class_dropout_prob=0.0,         # > 0: a null class (label num_classes) that replaces training labels
+                                        #   with this probability (classifier-free guidance); 0: as released
     ):
         if not 0 <= class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
