@@ -6,6 +6,8 @@ precision and recall. Precision/recall round features to float16 anyway, so stor
 the same precision and recall as the images they came from.
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import numpy as np
