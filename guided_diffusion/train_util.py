@@ -69,7 +69,6 @@ class _LoopBase:
         resume = _ResumeFiles(resume_checkpoint) if resume_checkpoint else None
         self.step = resume.step if resume else 0
         self._check_run_config(resume)
-        dist_util.on_rank0(functools.partial(_prepare_log_dir, self.log_dir, self.step, resume))
         self._last_checkpoint = resume.model_path if resume else None  # the newest complete set's model file
         if init_checkpoint:
             logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
@@ -89,9 +88,11 @@ class _LoopBase:
         self.ddp_model = self._wrap_ddp(model)
         self._skipped_in_a_row = 0
         self._last_saved_step = self.step
-        self._write_run_config()
         if resume:
             self._load_train_state(resume)
+        # the folder is tidied only once the resumed set has loaded: a failed resume leaves it as it was
+        dist_util.on_rank0(functools.partial(_prepare_log_dir, self.log_dir, self.step, resume))
+        self._write_run_config()
 
     # ----- set-up helpers -----
 
@@ -531,75 +532,3 @@ class _StopSignals:
         received = th.tensor([self.signum], device=device)
         dist.all_reduce(received, op=dist.ReduceOp.MAX)
         return int(received.item())
-
-
-# ----- helpers shared by the training scripts -----
-
-def diffusion_training_flags():
-    """The release's own flags of image_train / super_res_train, with its defaults."""
-    return dict(
-        data_dir="",
-        schedule_sampler="uniform",
-        lr=1e-4,
-        weight_decay=0.0,
-        lr_anneal_steps=0,
-        batch_size=1,
-        microbatch=-1,  # -1 disables microbatches
-        ema_rate="0.9999",  # comma-separated list of EMA values
-        log_interval=10,
-        save_interval=10000,
-        resume_checkpoint="",
-        use_fp16=False,
-        fp16_scale_growth=1e-3,
-    )
-
-
-def train_diffusion(args, model, diffusion, data, model_flags, class_names):
-    """Run TrainLoop with the flags of diffusion_training_flags() and training_defaults() in `args`."""
-    TrainLoop(
-        model=model,
-        diffusion=diffusion,
-        data=data,
-        batch_size=args.batch_size,
-        microbatch=args.microbatch,
-        lr=args.lr,
-        ema_rate=args.ema_rate,
-        log_interval=args.log_interval,
-        save_interval=args.save_interval,
-        resume_checkpoint=args.resume_checkpoint,
-        use_fp16=args.use_fp16,
-        fp16_scale_growth=args.fp16_scale_growth,
-        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
-        weight_decay=args.weight_decay,
-        lr_anneal_steps=args.lr_anneal_steps,
-        run_config=run_config(args, model_flags, class_names),
-        **train_loop_options(args),
-    ).run_loop()
-
-
-def training_defaults():
-    """Flags the training scripts add to the release's (all off / neutral by default)."""
-    return dict(
-        seed=0,                 # python/numpy/torch seed (+ rank)
-        max_steps=0,            # stop after this many completed steps (0: never, as released)
-        use_bf16=False,         # bf16 autocast of the forward pass (fp32 weights)
-        init_checkpoint="",     # start from these weights at step 0 (fine-tuning)
-        max_skipped_steps=100,  # stop after this many consecutive non-finite steps
-    )
-
-
-def train_loop_options(args):
-    """The loop keywords among training_defaults() that the script's parser has (all but the seed)."""
-    return {k: getattr(args, k) for k in training_defaults() if k != "seed" and hasattr(args, k)}
-
-
-def run_config(args, model_flags, class_names):
-    """What train_config.json records: the model flags (checked on resume), all flags, class names."""
-    return {"model_flags": model_flags, "train_flags": vars(args), "class_names": class_names}
-
-
-def check_num_classes(num_classes, class_names):
-    """A class-conditional model needs at least as many classes as the data has."""
-    if len(class_names) > num_classes:
-        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names[:5])}, ...) but the "
-                         f"model only {num_classes}: pass --num_classes {len(class_names)}")
