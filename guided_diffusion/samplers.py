@@ -92,6 +92,15 @@ def ddim_reverse_step(denoise, x, t):
 SAMPLERS = {"ddpm": (ddpm, "mean"), "ddim": (ddim, "score"), "dpm++2m": (dpmpp_2m, "score")}
 
 
+def resolve_sampler(sampler="ddpm", use_ddim=False):
+    """The sampler named by --sampler and the release's --use_ddim (True means ddim)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: use --sampler {', '.join(SAMPLERS)}")
+    if use_ddim and sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"--use_ddim True asks for ddim but --sampler is {sampler!r}: give only one of them")
+    return "ddim" if use_ddim else sampler
+
+
 def sample(diffusion, model, shape, *, sampler="ddpm", guidance=(), noise=None, clip_denoised=True,
            denoised_fn=None, model_kwargs=None, device=None, progress=False, noise_fn=th.randn_like,
            callback=None):
@@ -113,11 +122,9 @@ def sample_steps(diffusion, model, shape, *, sampler="ddpm", guidance=(), cond_f
                  noise_fn=th.randn_like, **options):
     """Like sample, but yields every step's dict; cond_fn: a release-style guide; options go to the
     sampler (e.g. eta=... for ddim)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: use --sampler {', '.join(SAMPLERS)}")
+    solver, guided_on = SAMPLERS[resolve_sampler(sampler)]
     if not isinstance(shape, (tuple, list)):
         raise TypeError(f"shape must be a tuple or list like (N, C, H, W), got {shape!r}")
-    solver, guided_on = SAMPLERS[sampler]
     denoise = GuidedDenoiser(diffusion.denoiser, model, as_guides(guidance, cond_fn), on=guided_on,
                              clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
     if device is None:

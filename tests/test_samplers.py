@@ -220,3 +220,11 @@ def test_dpm_solver_agrees_with_k_diffusion_on_the_same_timesteps():
         theirs = k_sampling.sample_dpmpp_2m(wrapped, noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, disable=True)
     # an untrained eps ~ 0 gives |x_0| ~ |x_T| / sqrt(alpha_bar_T) in the hundreds: compare relative to that
     assert (ours - theirs).abs().max() < 1e-5 * ours.abs().max()
+
+
+def test_use_ddim_means_ddim_and_conflicts_with_another_sampler():
+    assert samplers.resolve_sampler("ddpm", use_ddim=False) == "ddpm"
+    assert samplers.resolve_sampler("ddpm", use_ddim=True) == "ddim"
+    assert samplers.resolve_sampler("dpm++2m") == "dpm++2m"
+    with pytest.raises(ValueError, match="give only one"):
+        samplers.resolve_sampler("dpm++2m", use_ddim=True)
