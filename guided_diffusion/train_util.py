@@ -24,7 +24,7 @@ from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from . import dist_util, logger, train_state
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_torch_file
 from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
 from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
 
@@ -110,14 +110,15 @@ class _LoopBase:
             if resume:
                 logger.warn(f"no EMA file for rate {rate} beside {resume.model_path}: EMA starts from the model")
             return copy.deepcopy([p.detach() for p in self.mp_trainer.master_params])
-        state_dict = dist_util.load_state_dict(path, map_location=dist_util.dev())
+        state_dict = read_torch_file(path, map_location=dist_util.dev())
         return [p.detach().clone() for p in self.mp_trainer.state_dict_to_master_params(state_dict)]
 
     def _load_optimizer(self, resume):
         if resume.opt_path is None:
             logger.warn(f"no {train_state.opt_filename(resume.step)} beside the checkpoint: fresh optimizer state")
             return
-        state = dist_util.load_state_dict(resume.opt_path, map_location=dist_util.dev())
+        state = read_torch_file(resume.opt_path, "the optimizer state saved with the model file (optNNNNNN.pt)",
+                                map_location=dist_util.dev())
         try:
             self.opt.load_state_dict(state)
         except ValueError as exc:
@@ -130,7 +131,7 @@ class _LoopBase:
             logger.warn(f"no {train_state.state_filename(resume.step)} beside the checkpoint (a release "
                         f"checkpoint?): loss scale, RNG and data order restart, so the resume is not exact")
             return
-        state = dist_util.load_state_dict(resume.state_path)
+        state = read_torch_file(resume.state_path, "the training state saved with the model file (stateNNNNNN.pt)")
         self.mp_trainer.load_state_dict(state["trainer"])
         if self.schedule_sampler is not None:
             self.schedule_sampler.load_state_dict(state["sampler"])

@@ -13,6 +13,7 @@ import torch as th
 
 from _train_helpers import PYTHON, REPO, read_progress, tiny_loop
 from guided_diffusion import train_state
+from guided_diffusion.checkpoint import CheckpointFileError
 
 # Trains tiny_loop(LOG_DIR, MAX_STEPS[, RESUME]). With PAUSE_AT=<checkpoint file name>, the save of that
 # file stops for a minute once its temp file is written (announced as "wrote <temp name>"), so that a kill
@@ -132,12 +133,15 @@ def test_resume_from_an_older_complete_set_in_the_same_folder(tmp_path, straight
     assert_same_files(straight, aside, SET_6 + ["model000004.pt"])  # moved, not deleted
 
 
-def test_resuming_from_an_incomplete_set_is_refused_with_the_newest_complete_one(tmp_path):
+def test_resuming_from_an_incomplete_or_damaged_set_is_refused_naming_the_file(tmp_path):
     tiny_loop(tmp_path, max_steps=4).run_loop()
     (tmp_path / "state000004.pt").unlink()  # as an interrupted save of the older code could leave it
     with pytest.raises(ValueError, match=r"incomplete checkpoint set \(state000004.pt missing\).*"
                                          r"--resume_checkpoint .*model000002.pt"):
         tiny_loop(tmp_path, max_steps=6, resume=tmp_path / "model000004.pt")
+    (tmp_path / "opt000002.pt").write_bytes((tmp_path / "opt000002.pt").read_bytes()[:500])  # a damaged copy
+    with pytest.raises(CheckpointFileError, match=r"opt000002.pt' is truncated .*expected the optimizer state"):
+        tiny_loop(tmp_path, max_steps=6, resume=tmp_path / "model000002.pt")
     for name in ["opt000002.pt", "opt000004.pt", "state000002.pt"]:  # a release-style folder: no state files
         (tmp_path / name).unlink()
     assert tiny_loop(tmp_path, max_steps=6, resume=tmp_path / "model000004.pt").step == 4  # as released
