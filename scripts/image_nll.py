@@ -10,8 +10,6 @@ per-timestep curve).
         --data_dir imagenet64_val --num_samples 1000
 """
 
-import argparse
-import math
 import os
 
 import numpy as np
@@ -19,63 +17,61 @@ import torch as th
 import torch.distributed as dist
 
 from guided_diffusion import dist_util, logger, sampling
+from guided_diffusion.build import build_diffusion, build_unet
+from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.config import DiffusionConfig, ModelConfig, NllConfig
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    args_to_dict,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-    parse_args,
-)
+from guided_diffusion.sample_seeds import resolve_seed, shard_range
 
 PER_TIMESTEP_TERMS = ("vb", "mse", "xstart_mse")
 PER_IMAGE_TERMS = ("total_bpd", "prior_bpd")
+CONFIGS = (ModelConfig, DiffusionConfig, NllConfig)
+
+
+def create_argparser():
+    return config_parser(__doc__, *CONFIGS)
 
 
 def main():
-    args = parse_args(create_argparser())
+    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
     dist_util.setup_dist()
     logger.configure()
     device = dist_util.dev()
-    rank, world_size = sampling.rank_and_world_size()
+    rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
 
     logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(
-        **args_to_dict(args, model_and_diffusion_defaults().keys())
-    )
-    sampling.load_for_sampling(model, args.model_path, args.use_fp16, device)
-    seed = sampling.resolve_seed(args.seed)
+    model = build_unet(model_config, diffusion_config.learn_sigma)
+    diffusion = build_diffusion(diffusion_config)
+    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    seed = resolve_seed(run.seed)
     th.manual_seed(seed * world_size + rank)  # the noise of q_sample inside calc_bpd_loop
 
     logger.log("creating data loader...")
-    data = load_data(
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        class_cond=args.class_cond,
-        deterministic=True,
-        random_flip=False,
-    )
+    data = load_data(data_dir=run.data_dir, batch_size=run.batch_size, image_size=model_config.image_size,
+                     class_cond=model_config.class_cond, deterministic=True, random_flip=False,
+                     image_channels=model_config.image_channels)
 
-    logger.log(f"evaluating {args.num_samples} images with --seed {seed}...")
-    local_count = len(sampling.shard_range(args.num_samples, rank, world_size))
-    local = evaluate_bpd(model, diffusion, data, local_count, args.clip_denoised, device,
-                         progress=args.progress and rank == 0)
-    max_rows = math.ceil(args.num_samples / world_size)
-    terms = {
-        name: th.cat(sampling.all_gather_rows(values.to(device), max_rows)).cpu().numpy()
-        for name, values in local.items()
-    }
+    logger.log(f"evaluating {run.num_samples} images with --seed {seed}...")
+    local = evaluate_bpd(model, diffusion, data, len(shard_range(run.num_samples, rank, world_size)),
+                         run.clip_denoised, device, progress=run.progress and rank == 0)
+    gathered = {name: th.cat(dist_util.all_gather_rows(values.to(device))).cpu().numpy()
+                for name, values in local.items()}
     if rank == 0:
-        for name in PER_TIMESTEP_TERMS:
-            np.savez(os.path.join(logger.get_dir(), f"{name}_terms.npz"), terms=terms[name])
-        logger.log(
-            f"bpd={terms['total_bpd'].mean():.4f} (prior {terms['prior_bpd'].mean():.4f} + "
-            f"vb {terms['vb'].sum(axis=1).mean():.4f}) mse={terms['mse'].mean():.4f} "
-            f"xstart_mse={terms['xstart_mse'].mean():.4f} over {len(terms['total_bpd'])} images"
-        )
-    dist.barrier()
+        write_terms(gathered, logger.get_dir())
+    if dist.is_initialized():
+        dist.barrier()
     logger.log("evaluation complete")
+
+
+def write_terms(terms, out_dir):
+    """Saves the per-timestep terms as {name}_terms.npz and logs the mean bpd and its parts."""
+    for name in PER_TIMESTEP_TERMS:
+        np.savez(os.path.join(out_dir, f"{name}_terms.npz"), terms=terms[name])
+    logger.log(
+        f"bpd={terms['total_bpd'].mean():.4f} (prior {terms['prior_bpd'].mean():.4f} + "
+        f"vb {terms['vb'].sum(axis=1).mean():.4f}) mse={terms['mse'].mean():.4f} "
+        f"xstart_mse={terms['xstart_mse'].mean():.4f} over {len(terms['total_bpd'])} images"
+    )
 
 
 def evaluate_bpd(model, diffusion, data, count, clip_denoised, device, progress=False):
@@ -106,21 +102,6 @@ def evaluate_bpd(model, diffusion, data, count, clip_denoised, device, progress=
         bar.close()
     empty = {name: th.zeros(0) if name in PER_IMAGE_TERMS else th.zeros(0, diffusion.num_timesteps) for name in rows}
     return {name: th.cat(values) if values else empty[name] for name, values in rows.items()}
-
-
-def create_argparser():
-    defaults = dict(
-        data_dir="",
-        clip_denoised=True,
-        num_samples=1000,
-        batch_size=1,
-        model_path="",
-    )
-    defaults.update(model_and_diffusion_defaults())
-    defaults.update(sampling.sampling_defaults())
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    add_dict_to_argparser(parser, defaults)
-    return parser
 
 
 if __name__ == "__main__":

@@ -3,66 +3,50 @@ Generate a large batch of image samples from a model and save them as a large nu
 (samples_{N}x{H}x{W}x3.npz in the log dir, with samples_grid.png beside it). This can be used to
 produce samples for FID evaluation.
 
-    mpiexec -n 8 python scripts/image_sample.py --preset adm64_cond --model_path 64x64_diffusion.pt \
+    mpiexec -n 8 python scripts/image_sample.py --preset adm64_cond --model_path 64x64_diffusion.pt \\
         --timestep_respacing 250 --num_samples 50000 --batch_size 64 --seed 0
+
+A model trained with --class_dropout_prob > 0 samples with classifier-free guidance at
+--guidance_scale W > 1; --sampler dpm++2m --timestep_respacing 20 is a fast deterministic sampler.
 """
 
-import argparse
-
-import torch.distributed as dist
-
 from guided_diffusion import dist_util, logger, sampling
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    args_to_dict,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-    parse_args,
-)
+from guided_diffusion.build import build_diffusion, build_unet
+from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.config import ClassSampleConfig, DiffusionConfig, ModelConfig
+from guided_diffusion.sample_seeds import parse_class_labels
 
-
-def main():
-    args = parse_args(create_argparser())
-    dist_util.setup_dist()
-    logger.configure()
-    device = dist_util.dev()
-    class_labels = sampling.parse_class_labels(args.class_labels, args.num_classes)
-    if class_labels and not args.class_cond:
-        raise ValueError("--class_labels needs a class-conditional model (--class_cond True)")
-
-    logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(
-        **args_to_dict(args, model_and_diffusion_defaults().keys())
-    )
-    sampling.load_for_sampling(model, args.model_path, args.use_fp16, device)
-    sample_shape = (3, args.image_size, args.image_size)
-
-    def sample_batch(batch):
-        model_kwargs = {}
-        if args.class_cond:
-            model_kwargs["y"] = batch.labels(args.num_classes, class_labels).to(device)
-        x = sampling.denoise(
-            diffusion, model, batch, (len(batch), *sample_shape), device, args.use_ddim,
-            args.clip_denoised, model_kwargs, progress=args.progress and dist.get_rank() == 0,
-        )
-        return x, model_kwargs.get("y")
-
-    sampling.sample_and_save(sample_batch, args, sample_shape, device, with_labels=args.class_cond)
+CONFIGS = (ModelConfig, DiffusionConfig, ClassSampleConfig)
 
 
 def create_argparser():
-    defaults = dict(
-        clip_denoised=True,
-        num_samples=10000,
-        batch_size=16,
-        use_ddim=False,
-        model_path="",
-    )
-    defaults.update(model_and_diffusion_defaults())
-    defaults.update(sampling.sampling_defaults(), class_labels="")
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return config_parser(__doc__, *CONFIGS)
+
+
+def main():
+    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
+    dist_util.setup_dist()
+    logger.configure()
+    device = dist_util.dev()
+    class_labels = parse_class_labels(run.class_labels, model_config.num_classes)
+    if class_labels and not model_config.class_cond:
+        raise ValueError("--class_labels needs a class-conditional model (--class_cond True)")
+
+    logger.log("creating model and diffusion...")
+    model = build_unet(model_config, diffusion_config.learn_sigma)
+    diffusion = build_diffusion(diffusion_config)
+    guidance = sampling.free_guidance(run.guidance_scale, model)
+    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sample_shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
+
+    def sample_batch(batch):
+        model_kwargs = {}
+        if model_config.class_cond:
+            model_kwargs["y"] = batch.labels(model_config.num_classes, class_labels).to(device)
+        x = sampling.draw(diffusion, model, batch, (len(batch), *sample_shape), device, run, model_kwargs, guidance)
+        return x, model_kwargs.get("y")
+
+    sampling.sample_and_save(sample_batch, run, sample_shape, device, with_labels=model_config.class_cond)
 
 
 if __name__ == "__main__":

@@ -3,70 +3,49 @@ Generate a large batch of samples from a super resolution model, given a batch o
 regular model (--base_samples: the samples_{N}x{h}x{w}x3.npz that image_sample.py wrote).
 Writes samples_{N}x{H}x{W}x3.npz (H = W = --large_size) and samples_grid.png to the log dir.
 
-    mpiexec -n 8 python scripts/super_res_sample.py --preset upsampler64_256 \
-        --model_path 64_256_upsampler.pt --base_samples samples_50000x64x64x3.npz \
+    mpiexec -n 8 python scripts/super_res_sample.py --preset upsampler64_256 \\
+        --model_path 64_256_upsampler.pt --base_samples samples_50000x64x64x3.npz \\
         --timestep_respacing 250 --num_samples 50000 --batch_size 16
 """
 
-import argparse
-
-import torch.distributed as dist
-
 from guided_diffusion import dist_util, logger, sampling
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    args_to_dict,
-    parse_args,
-    sr_create_model_and_diffusion,
-    sr_model_and_diffusion_defaults,
-)
+from guided_diffusion.base_samples import load_base_samples
+from guided_diffusion.build import build_diffusion, build_super_res
+from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.config import DiffusionConfig, SuperResConfig, SuperResSampleConfig
+
+CONFIGS = (SuperResConfig, DiffusionConfig, SuperResSampleConfig)
+
+
+def create_argparser():
+    return config_parser(__doc__, *CONFIGS)
 
 
 def main():
-    args = parse_args(create_argparser())
+    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
     dist_util.setup_dist()
     logger.configure()
     device = dist_util.dev()
 
     logger.log("loading data...")
-    base = sampling.load_base_samples(args.base_samples, args.small_size, args.class_cond)
-    if len(base) < args.num_samples:
-        logger.log(f"{args.base_samples} holds {len(base)} images: sample i upsamples image i % {len(base)}")
+    base = load_base_samples(run.base_samples, model_config.small_size, model_config.class_cond)
+    if len(base) < run.num_samples:
+        logger.log(f"{run.base_samples} holds {len(base)} images: sample i upsamples image i % {len(base)}")
 
     logger.log("creating model...")
-    model, diffusion = sr_create_model_and_diffusion(
-        **args_to_dict(args, sr_model_and_diffusion_defaults().keys())
-    )
-    sampling.load_for_sampling(model, args.model_path, args.use_fp16, device)
-    sample_shape = (3, args.large_size, args.large_size)
+    model = build_super_res(model_config, diffusion_config.learn_sigma)
+    diffusion = build_diffusion(diffusion_config)
+    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sample_shape = (model_config.image_channels, model_config.large_size, model_config.large_size)
 
     def sample_batch(batch):
-        model_kwargs = {"low_res": base.low_res(batch.indices, device)}
-        if args.class_cond:
+        model_kwargs = {"low_res": base.low_res(batch.indices, device, channels=model_config.image_channels)}
+        if model_config.class_cond:
             model_kwargs["y"] = base.labels_for(batch.indices, device)
-        x = sampling.denoise(
-            diffusion, model, batch, (len(batch), *sample_shape), device, args.use_ddim,
-            args.clip_denoised, model_kwargs, progress=args.progress and dist.get_rank() == 0,
-        )
+        x = sampling.draw(diffusion, model, batch, (len(batch), *sample_shape), device, run, model_kwargs)
         return x, model_kwargs.get("y")
 
-    sampling.sample_and_save(sample_batch, args, sample_shape, device, with_labels=args.class_cond)
-
-
-def create_argparser():
-    defaults = dict(
-        clip_denoised=True,
-        num_samples=10000,
-        batch_size=16,
-        use_ddim=False,
-        base_samples="",
-        model_path="",
-    )
-    defaults.update(sr_model_and_diffusion_defaults())
-    defaults.update(sampling.sampling_defaults())
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    sampling.sample_and_save(sample_batch, run, sample_shape, device, with_labels=model_config.class_cond)
 
 
 if __name__ == "__main__":

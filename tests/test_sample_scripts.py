@@ -15,7 +15,8 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion import sampling, script_util
+from guided_diffusion import samplers, script_util
+from guided_diffusion.guidance import ClassifierGuidance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -109,7 +110,8 @@ def checkpoints(tmp_path_factory, two_class_data):
     and class-conditional upsampler (training is not the point where they are used)."""
     root = tmp_path_factory.mktemp("checkpoints")
     run_script("image_train", train_flags(two_class_data) + flags(**MODEL, class_cond=True, num_classes=2,
-                                                                  lr=2e-3, max_steps=30), root / "train")
+                                                                  class_dropout_prob=0.2, lr=2e-3, max_steps=30),
+               root / "train")
     th.manual_seed(0)
     paths = {name: str(root / f"{name}.pt") for name in ("classifier", "upsampler")}
     paths["model"] = str(root / "train" / "model000030.pt")
@@ -123,7 +125,7 @@ def checkpoints(tmp_path_factory, two_class_data):
 
 
 def model_flags(checkpoints, **extra):
-    values = dict(MODEL, class_cond=True, num_classes=2, model_path=checkpoints["model"])
+    values = dict(MODEL, class_cond=True, num_classes=2, class_dropout_prob=0.2, model_path=checkpoints["model"])
     values.update(extra)
     return flags(**values)
 
@@ -133,7 +135,8 @@ def model_flags(checkpoints, **extra):
 RELEASE_FLAGS = json.loads(open(os.path.join(REPO, "tests", "fixtures", "reference", "script_flags.json")).read())
 ADDED_FLAGS = {  # this project's additions: model options, sampling options, presets
     "num_classes", "resblock_rescale", "attention_impl", "classifier_attention_impl", "classifier_channel_mult",
-    "seed", "progress", "class_labels", "preset",
+    "seed", "progress", "class_labels", "preset", "image_channels", "class_dropout_prob", "sampler", "guidance_scale",
+    "channel_mult",  # super_res_sample's
 }
 
 
@@ -193,6 +196,19 @@ def test_image_sample_respacing_250_unconditional(tmp_path):
     assert list(load_npz(tmp_path / "samples_2x16x16x3.npz")) == ["arr_0"]
 
 
+def test_classifier_free_guidance_with_dpm_solver(checkpoints, tmp_path):
+    common = model_flags(checkpoints, timestep_respacing=10, num_samples=2, batch_size=2, seed=1, class_labels="0,1",
+                         sampler="dpm++2m")
+    samples = {}
+    for scale in (1.0, 4.0):
+        run_script("image_sample", common + flags(guidance_scale=scale), tmp_path / str(scale))
+        samples[scale] = load_npz(tmp_path / str(scale) / "samples_2x16x16x3.npz")["arr_0"]
+    assert not np.array_equal(samples[1.0], samples[4.0])
+    without_null_class = [t for t in common if t not in ("--class_dropout_prob", "0.2")]
+    result = run_script("image_sample", without_null_class + flags(guidance_scale=4.0), tmp_path / "no_null", check=False)
+    assert result.returncode != 0 and "--class_dropout_prob" in result.stderr
+
+
 def test_wrong_flags_for_checkpoint_are_a_clear_error(checkpoints, tmp_path):
     result = run_script("image_sample", model_flags(checkpoints, num_channels=64, num_samples=1),
                         tmp_path, check=False)
@@ -204,7 +220,7 @@ def test_wrong_flags_for_checkpoint_are_a_clear_error(checkpoints, tmp_path):
 
 
 def test_ddim_eta0_is_deterministic_given_initial_noise(checkpoints):
-    model, diffusion = build_model(class_cond=True, num_classes=2, timestep_respacing="ddim25")
+    model, diffusion = build_model(class_cond=True, num_classes=2, class_dropout_prob=0.2, timestep_respacing="ddim25")
     model.load_state_dict(th.load(checkpoints["model"]))
     assert diffusion.num_timesteps == 25
     x_T = th.randn(2, 3, 16, 16, generator=th.Generator().manual_seed(0))
@@ -232,11 +248,15 @@ def test_guidance_sees_original_timesteps_under_respacing():
     def model(x, t, **_):
         return th.zeros_like(x)
 
-    cond_fn = sampling.classifier_cond_fn(classifier, 1.0)
-    for loop in (diffusion.p_sample_loop, diffusion.ddim_sample_loop):
+    guide = ClassifierGuidance(classifier, 1.0)
+    for loop in (diffusion.p_sample_loop, diffusion.ddim_sample_loop):  # the release's cond_fn keyword
         seen.clear()
-        loop(model, (1, 3, 16, 16), cond_fn=cond_fn, model_kwargs={"y": th.tensor([1])}, device="cpu")
+        loop(model, (1, 3, 16, 16), cond_fn=guide, model_kwargs={"y": th.tensor([1])}, device="cpu")
         assert seen == [800, 600, 400, 200, 0]
+    seen.clear()
+    samplers.sample(diffusion, model, (1, 3, 16, 16), sampler="dpm++2m", guidance=guide,
+                    model_kwargs={"y": th.tensor([1])}, device="cpu")
+    assert seen == [800, 600, 400, 200, 0]
 
 
 # ----------------------------------------------------------------------------- other scripts

@@ -1,4 +1,5 @@
-"""Unit tests of guided_diffusion/sampling.py: seeds, labels, sharding, gathering, outputs, guidance."""
+"""Unit tests of the sampling scripts' library: seeds, labels, sharding, gathering, outputs, base samples,
+the sampler choice and classifier guidance."""
 
 import os
 import subprocess
@@ -10,7 +11,9 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion import sampling
+from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
+from guided_diffusion.config import SampleConfig
+from guided_diffusion.guidance import ClassifierGuidance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -21,66 +24,66 @@ MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 @pytest.mark.parametrize("num_samples,world_size", [(5, 2), (4, 2), (1, 2), (7, 3), (10, 1)])
 def test_shards_cover_indices_in_order(num_samples, world_size):
-    shards = [sampling.shard_range(num_samples, r, world_size) for r in range(world_size)]
+    shards = [sample_seeds.shard_range(num_samples, r, world_size) for r in range(world_size)]
     assert [i for shard in shards for i in shard] == list(range(num_samples))
     sizes = [len(shard) for shard in shards]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
 def test_noise_depends_only_on_seed_and_index():
-    whole = sampling.SeededBatch(7, range(0, 4))
-    part = sampling.SeededBatch(7, range(2, 3))
+    whole = sample_seeds.SeededBatch(7, range(0, 4))
+    part = sample_seeds.SeededBatch(7, range(2, 3))
     x = th.zeros(4, 3, 5, 5)
     first, second = whole.noise_like(x), whole.noise_like(x)
     assert th.equal(first[2:3], part.noise_like(x[:1]))
     assert th.equal(second[2:3], part.noise_like(x[:1]))  # streams advance per sample
     assert not th.equal(first, second)
     assert not th.equal(first[0], first[1])
-    other_seed = sampling.SeededBatch(8, range(0, 4)).noise_like(x)
+    other_seed = sample_seeds.SeededBatch(8, range(0, 4)).noise_like(x)
     assert not th.equal(first, other_seed)
     # standard normal draws
-    big = sampling.SeededBatch(0, range(3)).noise((3, 20000))
+    big = sample_seeds.SeededBatch(0, range(3)).noise((3, 20000))
     assert abs(float(big.mean())) < 0.03 and abs(float(big.std()) - 1) < 0.03
 
 
 def test_noise_fn_rejects_a_batch_of_the_wrong_size():
     with pytest.raises(ValueError, match="3 rows was asked of 2 samples"):
-        sampling.SeededBatch(0, range(2)).noise_like(th.zeros(3, 1))
+        sample_seeds.SeededBatch(0, range(2)).noise_like(th.zeros(3, 1))
 
 
 def test_noise_keeps_dtype_and_device():
-    noise = sampling.SeededBatch(0, range(2)).noise_like(th.zeros(2, 3, dtype=th.float64))
+    noise = sample_seeds.SeededBatch(0, range(2)).noise_like(th.zeros(2, 3, dtype=th.float64))
     assert noise.dtype == th.float64 and noise.shape == (2, 3)
 
 
 def test_random_labels_are_per_index_and_in_range():
-    labels = sampling.SeededBatch(3, range(0, 200)).labels(10)
+    labels = sample_seeds.SeededBatch(3, range(0, 200)).labels(10)
     assert labels.dtype == th.int64 and labels.min() >= 0 and labels.max() < 10
     assert len(set(labels.tolist())) == 10
-    assert th.equal(labels[50:60], sampling.SeededBatch(3, range(50, 60)).labels(10))
+    assert th.equal(labels[50:60], sample_seeds.SeededBatch(3, range(50, 60)).labels(10))
     # drawing labels does not disturb the noise stream of the same samples
-    batch = sampling.SeededBatch(3, range(2))
+    batch = sample_seeds.SeededBatch(3, range(2))
     batch.labels(10)
-    assert th.equal(batch.noise((2, 4)), sampling.SeededBatch(3, range(2)).noise((2, 4)))
+    assert th.equal(batch.noise((2, 4)), sample_seeds.SeededBatch(3, range(2)).noise((2, 4)))
 
 
 def test_requested_labels_cycle_over_indices():
-    labels = sampling.SeededBatch(0, range(3, 8)).labels(10, class_labels=(1, 4))
+    labels = sample_seeds.SeededBatch(0, range(3, 8)).labels(10, class_labels=(1, 4))
     assert labels.tolist() == [4, 1, 4, 1, 4] and labels.dtype == th.int64
 
 
 def test_parse_class_labels():
-    assert sampling.parse_class_labels("", 10) == ()
-    assert sampling.parse_class_labels("3, 7", 10) == (3, 7)
+    assert sample_seeds.parse_class_labels("", 10) == ()
+    assert sample_seeds.parse_class_labels("3, 7", 10) == (3, 7)
     with pytest.raises(ValueError, match=r"\[10\] are outside \[0, 10\)"):
-        sampling.parse_class_labels("1,10", 10)
+        sample_seeds.parse_class_labels("1,10", 10)
     with pytest.raises(ValueError, match="comma-separated integers"):
-        sampling.parse_class_labels("cat", 10)
+        sample_seeds.parse_class_labels("cat", 10)
 
 
 def test_resolve_seed():
-    assert sampling.resolve_seed(5) == 5
-    drawn = sampling.resolve_seed(-1)
+    assert sample_seeds.resolve_seed(5) == 5
+    drawn = sample_seeds.resolve_seed(-1)
     assert drawn >= 0
 
 
@@ -90,14 +93,21 @@ def test_resolve_seed():
 def test_uint8_conversion_truncates_and_clamps():
     # (x + 1) * 127.5 = 3.9 -> 3 (truncated, not rounded); out of range values clamp
     x = th.tensor([3.9 / 127.5 - 1, -1.5, 1.2, 0.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
-    out = sampling.to_uint8_nhwc(x)
+    out = sample_io.to_uint8_nhwc(x)
     assert out.dtype == th.uint8 and out.shape == (1, 1, 4, 3)
     assert out[0, 0, :, 0].tolist() == [3, 0, 255, 127]
 
 
+def test_greyscale_samples_are_saved_as_rgb():
+    x = th.tensor([-1.0, 0.0, 1.0, -0.5, 0.5, 2.0]).view(1, 1, 2, 3)
+    out = sample_io.to_uint8_nhwc(x)
+    assert out.shape == (1, 2, 3, 3) and th.equal(out[..., 0], out[..., 2])
+    assert out[0, :, :, 1].flatten().tolist() == [0, 127, 255, 63, 191, 255]
+
+
 def test_save_samples_layout(tmp_path):
     images = np.random.RandomState(0).randint(0, 256, size=(5, 8, 6, 3)).astype(np.uint8)
-    path = sampling.save_samples(str(tmp_path), images, labels=np.array([1, 0, 1, 1, 0]))
+    path = sample_io.save_samples(str(tmp_path), images, labels=np.array([1, 0, 1, 1, 0]))
     assert os.path.basename(path) == "samples_5x8x6x3.npz"
     with np.load(path) as data:
         assert sorted(data.files) == ["arr_0", "arr_1"]
@@ -106,7 +116,7 @@ def test_save_samples_layout(tmp_path):
     assert grid.shape == (2 * (8 + 2) + 2, 3 * (6 + 2) + 2, 3)  # 5 images: 3 columns, 2 rows
     assert np.array_equal(grid[2:10, 2:8], images[0])
     assert np.array_equal(grid[12:20, 10:16], images[4])
-    unlabelled = sampling.save_samples(str(tmp_path), images[:2])
+    unlabelled = sample_io.save_samples(str(tmp_path), images[:2])
     with np.load(unlabelled) as data:
         assert data.files == ["arr_0"]
 
@@ -127,13 +137,13 @@ class LinearClassifier(th.nn.Module):
         return x.flatten(1) @ self.weight.T + t[:, None].float()
 
 
-def test_classifier_cond_fn_matches_closed_form():
+def test_classifier_guidance_matches_closed_form():
     th.manual_seed(0)
     classifier = LinearClassifier(2 * 3 * 3, 4)
     x = th.randn(2, 2, 3, 3)
     t = th.tensor([5, 17])
     y = th.tensor([3, 0])
-    grad = sampling.classifier_cond_fn(classifier, 2.5)(x, t, y=y, low_res=None)
+    grad = ClassifierGuidance(classifier, 2.5)(x, t, None, y=y, low_res=None)
     # d/dx log softmax(Wx)[y] = W_y - sum_k p_k W_k
     with th.no_grad():
         p = th.softmax(x.flatten(1) @ classifier.weight.T + t[:, None].float(), dim=-1)
@@ -143,9 +153,9 @@ def test_classifier_cond_fn_matches_closed_form():
     assert not x.requires_grad
 
 
-def test_classifier_cond_fn_needs_labels():
+def test_classifier_guidance_needs_labels():
     with pytest.raises(ValueError, match="target labels"):
-        sampling.classifier_cond_fn(LinearClassifier(4, 2), 1.0)(th.zeros(1, 1, 2, 2), th.zeros(1))
+        ClassifierGuidance(LinearClassifier(4, 2), 1.0)(th.zeros(1, 1, 2, 2), th.zeros(1), None)
 
 
 # ----------------------------------------------------------------------------- base samples
@@ -159,13 +169,14 @@ def _write(path, **arrays):
 def test_base_samples_round_trip(tmp_path):
     images = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
     path = _write(tmp_path / "base.npz", arr_0=images, arr_1=np.array([2, 0, 1], dtype=np.int32))
-    base = sampling.load_base_samples(path, small_size=4, class_cond=True)
+    base = base_samples.load_base_samples(path, small_size=4, class_cond=True)
     low_res = base.low_res(range(2, 5))  # index 3 and 4 reuse base samples 0 and 1
     assert low_res.shape == (3, 3, 4, 4) and low_res.dtype == th.float32
     assert th.allclose(low_res[1], th.from_numpy(images[0]).permute(2, 0, 1).float() / 127.5 - 1)
     assert base.labels_for(range(2, 5)).tolist() == [1, 2, 0]
     assert base.labels_for(range(1)).dtype == th.int64
-    assert sampling.load_base_samples(path, 4, class_cond=False).labels is None
+    assert th.equal(base.low_res(range(2, 5), channels=1), low_res[:, :1])  # a greyscale upsampler's input
+    assert base_samples.load_base_samples(path, 4, class_cond=False).labels is None
 
 
 @pytest.mark.parametrize(
@@ -183,18 +194,18 @@ def test_base_samples_round_trip(tmp_path):
 def test_bad_base_samples_are_clear_errors(tmp_path, arrays, class_cond, message):
     path = _write(tmp_path / "base.npz", **arrays)
     with pytest.raises(ValueError, match=message):
-        sampling.load_base_samples(path, small_size=4, class_cond=class_cond)
+        base_samples.load_base_samples(path, small_size=4, class_cond=class_cond)
 
 
 def test_unreadable_base_samples(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="not a readable npz"):
-        sampling.load_base_samples(str(path), 4, False)
+        base_samples.load_base_samples(str(path), 4, False)
     with pytest.raises(ValueError, match="not a readable npz"):
-        sampling.load_base_samples(str(tmp_path / "missing.npz"), 4, False)
+        base_samples.load_base_samples(str(tmp_path / "missing.npz"), 4, False)
     with pytest.raises(ValueError, match="--base_samples is required"):
-        sampling.load_base_samples("", 4, False)
+        base_samples.load_base_samples("", 4, False)
 
 
 # ----------------------------------------------------------------------------- all ranks
@@ -204,7 +215,9 @@ GATHER_SCRIPT = """
 import os, socket, sys
 import numpy as np, torch as th, torch.distributed as dist
 from mpi4py import MPI
-from guided_diffusion import sampling
+from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
+from guided_diffusion.config import SampleConfig
+from guided_diffusion.guidance import ClassifierGuidance
 
 comm = MPI.COMM_WORLD
 if comm.size > 1:
@@ -225,7 +238,9 @@ def sample_batch(batch):
 images, labels = sampling.sample_all(sample_batch, int(sys.argv[2]), int(sys.argv[3]), seed=11,
                                      sample_shape=(3, 4, 4), device="cpu", with_labels=True)
 if images is not None:
-    sampling.save_samples(sys.argv[1], images, labels)
+    sample_io.save_samples(sys.argv[1], images, labels)
+if dist.is_initialized():
+    dist.destroy_process_group()  # before MPI_Finalize, as dist_util.setup_dist arranges for the scripts
 """
 
 
@@ -251,11 +266,34 @@ def test_gather_is_exact_and_independent_of_ranks_and_batch_size(tmp_path):
         assert np.array_equal(a, b)
     assert len(np.unique(one_rank[0].reshape(5, -1), axis=0)) == 5
     # sample 4 recomputed here from its own stream alone
-    batch = sampling.SeededBatch(11, range(4, 5))
+    batch = sample_seeds.SeededBatch(11, range(4, 5))
     x = batch.noise((1, 3, 4, 4))
     x = (0.5 * x + 0.1 * batch.noise_like(x)).clamp(-1, 1)
-    assert np.array_equal(sampling.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
+    assert np.array_equal(sample_io.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
     assert one_rank[1][4] == int(batch.labels(10)[0])
+
+
+@pytest.mark.parametrize("use_ddim,sampler,chosen", [(False, "ddpm", "ddpm"), (True, "ddpm", "ddim"),
+                                                    (True, "ddim", "ddim"), (False, "dpm++2m", "dpm++2m")])
+def test_sampler_choice_keeps_the_release_s_use_ddim(use_ddim, sampler, chosen):
+    assert sampling.sampler_name(SampleConfig(use_ddim=use_ddim, sampler=sampler)) == chosen
+
+
+def test_use_ddim_with_another_sampler_is_an_error():
+    with pytest.raises(ValueError, match="give only --sampler"):
+        sampling.sampler_name(SampleConfig(use_ddim=True, sampler="dpm++2m"))
+
+
+def test_guidance_scale_needs_a_null_class():
+    class Model(th.nn.Module):
+        null_class = None
+
+    assert sampling.free_guidance(1.0, Model()) == ()
+    with pytest.raises(ValueError, match="--class_dropout_prob"):
+        sampling.free_guidance(3.0, Model())
+    Model.null_class = 10
+    (guide,) = sampling.free_guidance(3.0, Model())
+    assert (guide.scale, guide.null_class) == (3.0, 10)
 
 
 def test_missing_checkpoint_flag_is_named():

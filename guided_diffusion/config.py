@@ -1,0 +1,230 @@
+"""The typed configuration: every command-line flag of the scripts, grouped by concern.
+
+Each field is one flag: its name, its type (`Literal[...]` for a choice), its default (the release's,
+or the neutral value for this project's additions) and a one-line help. Parsers (`cli.py`), the
+release's `*_defaults()` dicts (`script_util.py`), `train_config.json` and the resume checks all come
+from these classes; the builders in `build.py` take them.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def flag(default, help):
+    """A config field with its default and its one-line --help text."""
+    return field(default=default, metadata={"help": help})
+
+
+def flag_help(config_field):
+    """The --help text of a config field."""
+    return config_field.metadata["help"]
+
+
+def as_flags(*configs):
+    """{flag name: value} of config instances (later configs win on shared names)."""
+    return {name: value for config in configs for name, value in dataclasses.asdict(config).items()}
+
+
+def defaults_of(*config_classes):
+    """{flag name: default} of config classes, in field order."""
+    return as_flags(*(cls() for cls in config_classes))
+
+
+def split_flags(flags, *config_classes):
+    """{flag name: value} -> one instance of each class from the flags it has (others at their defaults).
+
+    A flag that no class has is a TypeError naming it; a flag several classes share goes to each.
+    """
+    names = [{f.name for f in dataclasses.fields(cls)} for cls in config_classes]
+    unknown = set(flags) - set().union(*names)
+    if unknown:
+        known = ", ".join(cls.__name__ for cls in config_classes)
+        raise TypeError(f"unknown flag(s) {', '.join(sorted(unknown))}: expected fields of {known}")
+    return tuple(cls(**{k: v for k, v in flags.items() if k in own}) for cls, own in zip(config_classes, names))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class DiffusionConfig:
+    """The Gaussian diffusion: schedule, parameterisation, loss and respacing."""
+
+    learn_sigma: bool = flag(False, "the model also outputs its variance (a second set of output channels)")
+    diffusion_steps: int = flag(1000, "number of diffusion steps T of the training schedule")
+    noise_schedule: Literal["linear", "cosine"] = flag("linear", "beta schedule")
+    timestep_respacing: str = flag(
+        "", 'steps to sample with: "ddimN" or comma-separated counts per section ("250"); "" keeps all T'
+    )
+    use_kl: bool = flag(False, "train on the variational bound (KL) instead of the simple MSE")
+    predict_xstart: bool = flag(False, "the model predicts x_0 instead of the noise eps")
+    rescale_timesteps: bool = flag(False, "feed timesteps to the model scaled to [0, 1000)")
+    rescale_learned_sigmas: bool = flag(False, "scale the hybrid loss's vb term by T / 1000")
+
+
+@dataclass
+class UNetConfig:
+    """What the diffusion UNet and the super-resolution UNet share."""
+
+    num_channels: int = flag(128, "channels of the first level (the base width)")
+    num_res_blocks: int = flag(2, "residual blocks per resolution level")
+    num_heads: int = flag(4, "attention heads (ignored when num_head_channels is set)")
+    num_heads_upsample: int = flag(-1, "attention heads of the upsampling path (-1: num_heads)")
+    num_head_channels: int = flag(-1, "channels per attention head (-1: use num_heads)")
+    attention_resolutions: str = flag("16,8", "comma-separated resolutions in pixels that get attention blocks")
+    dropout: float = flag(0.0, "dropout probability in the residual blocks")
+    class_cond: bool = flag(False, "class-conditional model (labels from the file-name prefixes)")
+    use_checkpoint: bool = flag(False, "gradient checkpointing (less memory, slower)")
+    use_scale_shift_norm: bool = flag(True, "AdaGN: the embedding scales and shifts the normalised features")
+    resblock_updown: bool = flag(False, "up/downsample inside residual blocks instead of separate layers")
+    use_fp16: bool = flag(False, "float16 weights for the torso (and loss scaling in training)")
+    num_classes: int = flag(1000, "classes of a class-conditional model")
+    resblock_rescale: bool = flag(False, "scale each residual sum by 1/sqrt(2) (the paper's ablation)")
+    attention_impl: Literal["math", "sdpa"] = flag("math", "attention kernel: the release's einsum or PyTorch's SDPA")
+    image_channels: int = flag(3, "channels of the images (1: greyscale); saved samples always have 3")
+
+
+@dataclass
+class ModelConfig(UNetConfig):
+    """The diffusion UNet of image_train / image_sample."""
+
+    image_size: int = flag(64, "height and width of the images in pixels")
+    channel_mult: str = flag("", 'width multiplier per level, e.g. "1,2,2,4" ("": the image size\'s default)')
+    use_new_attention_order: bool = flag(False, "split qkv into q, k, v before heads (64x64 model)")
+    class_dropout_prob: float = flag(0.0, "replace labels by a null class with this probability (for --guidance_scale)")
+
+
+@dataclass
+class SuperResConfig(UNetConfig):
+    """The super-resolution UNet: samples large_size images given small_size ones."""
+
+    large_size: int = flag(256, "size of the output images in pixels")
+    small_size: int = flag(64, "size of the low-resolution input images in pixels")
+    channel_mult: str = flag("", 'width multiplier per level, e.g. "1,2,3,4" ("": the large size\'s default)')
+
+
+@dataclass
+class ClassifierConfig:
+    """The noisy-image classifier of classifier guidance (fields in the order of create_classifier)."""
+
+    image_size: int = flag(64, "height and width of the images in pixels")
+    classifier_use_fp16: bool = flag(False, "float16 weights for the classifier's torso")
+    classifier_width: int = flag(128, "channels of the classifier's first level")
+    classifier_depth: int = flag(2, "residual blocks per level of the classifier")
+    classifier_attention_resolutions: str = flag("32,16,8", "resolutions in pixels with attention in the classifier")
+    classifier_use_scale_shift_norm: bool = flag(True, "AdaGN in the classifier's residual blocks")
+    classifier_resblock_updown: bool = flag(True, "downsample inside the classifier's residual blocks")
+    classifier_pool: Literal["adaptive", "attention", "spatial", "spatial_v2"] = flag(
+        "attention", "how the classifier pools its features into logits"
+    )
+    num_classes: int = flag(1000, "classes the classifier tells apart")
+    classifier_attention_impl: Literal["math", "sdpa"] = flag("math", "the classifier's attention kernel")
+    classifier_channel_mult: str = flag("", 'classifier width multiplier per level ("": the image size\'s default)')
+    image_channels: int = flag(3, "channels of the images (1: greyscale)")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class InferenceConfig:
+    """What every script that runs a trained model takes."""
+
+    model_path: str = flag("", "checkpoint to load (modelNNNNNN.pt or ema_RATE_NNNNNN.pt)")
+    clip_denoised: bool = flag(True, "clip each x_0 prediction to [-1, 1]")
+    seed: int = flag(-1, "seed of the per-sample random streams (-1: draw one and log it)")
+    progress: bool = flag(True, "show progress bars on rank 0")
+
+
+@dataclass
+class SampleConfig(InferenceConfig):
+    """Sampling: how many images, in which batches, with which sampler."""
+
+    num_samples: int = flag(10000, "images to draw over all ranks")
+    batch_size: int = flag(16, "images per batch on each rank")
+    use_ddim: bool = flag(False, "the release's switch for --sampler ddim")
+    sampler: Literal["ddpm", "ddim", "dpm++2m"] = flag(
+        "ddpm", "ddpm (ancestral), ddim (deterministic) or dpm++2m (DPM-Solver++(2M), few steps); the step "
+        "count is --timestep_respacing's"
+    )
+
+
+@dataclass
+class ClassSampleConfig(SampleConfig):
+    """Sampling a (possibly class-conditional) diffusion model: labels and classifier-free guidance."""
+
+    class_labels: str = flag("", 'comma-separated labels used in turn ("": uniformly random)')
+    guidance_scale: float = flag(
+        1.0, "classifier-free guidance W: eps_u + W (eps_c - eps_u) (1: plain conditional sampling)"
+    )
+
+
+@dataclass
+class ClassifierSampleConfig(ClassSampleConfig):
+    """classifier_sample: a classifier's gradient steers the samples toward the labels."""
+
+    classifier_path: str = flag("", "checkpoint of the noisy-image classifier")
+    classifier_scale: float = flag(1.0, "scale of the classifier's gradient")
+
+
+@dataclass
+class SuperResSampleConfig(SampleConfig):
+    """super_res_sample: the low-resolution images to upsample."""
+
+    base_samples: str = flag("", "npz of low-resolution samples (as image_sample writes) to upsample")
+
+
+@dataclass
+class NllConfig(InferenceConfig):
+    """image_nll: the bits per dimension of a folder of images."""
+
+    data_dir: str = flag("", "folder of images to evaluate")
+    num_samples: int = flag(1000, "images to evaluate over all ranks")
+    batch_size: int = flag(1, "images per batch on each rank")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class LoopConfig:
+    """What both training loops take."""
+
+    data_dir: str = flag("", "folder of training images (class = file name up to the first '_')")
+    schedule_sampler: Literal["uniform", "loss-second-moment"] = flag("uniform", "how training timesteps are drawn")
+    lr: float = flag(1e-4, "AdamW learning rate")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    batch_size: int = flag(1, "images per step on each rank")
+    microbatch: int = flag(-1, "split each batch into chunks of this size (-1: no split)")
+    log_interval: int = flag(10, "log the losses every this many steps")
+    save_interval: int = flag(10000, "write a checkpoint every this many steps")
+    resume_checkpoint: str = flag("", "modelNNNNNN.pt of a run to continue exactly")
+    seed: int = flag(0, "python / numpy / torch seed (plus the rank)")
+    use_bf16: bool = flag(False, "bf16 autocast of the forward pass (float32 weights)")
+    init_checkpoint: str = flag("", "weights to start from at step 0 (fine-tuning)")
+    max_skipped_steps: int = flag(100, "stop after this many consecutive non-finite steps")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """image_train / super_res_train."""
+
+    lr_anneal_steps: int = flag(0, "decay the learning rate linearly to 0 over this many steps (0: constant)")
+    ema_rate: str = flag("0.9999", "comma-separated EMA rates, one ema_RATE_NNNNNN.pt file each")
+    fp16_scale_growth: float = flag(1e-3, "log2 growth of the fp16 loss scale per good step")
+    max_steps: int = flag(0, "stop after this many completed steps (0: never)")
+    ema_warmup: bool = flag(False, "EMA rate min(rate, (1 + n) / (10 + n)) after n updates (for short runs)")
+
+
+@dataclass
+class ClassifierTrainConfig(LoopConfig):
+    """classifier_train."""
+
+    lr: float = flag(3e-4, "AdamW learning rate")
+    batch_size: int = flag(4, "images per step on each rank")
+    val_data_dir: str = flag("", "folder of validation images (\"\": no validation)")
+    noised: bool = flag(True, "train on noised images x_t at random t (False: clean images)")
+    iterations: int = flag(150000, "steps to train for")
+    anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 at --iterations")
+    eval_interval: int = flag(5, "evaluate on a validation batch every this many steps")
