@@ -51,10 +51,9 @@ class UniformSampler(ScheduleSampler):
 
     def __init__(self, diffusion):
         self.diffusion = diffusion
-        self._weights = np.ones([diffusion.num_timesteps])
 
     def weights(self):
-        return self._weights
+        return np.ones([self.diffusion.num_timesteps])
 
 
 class LossAwareSampler(ScheduleSampler):

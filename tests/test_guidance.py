@@ -218,3 +218,23 @@ def test_the_documented_low_frequency_guide_pulls_samples_toward_the_reference(s
         return (F.avg_pool2d(x0, 2) - F.avg_pool2d(reference, 2)).abs().mean().item()
 
     assert distance(draw(LowFrequencyGuidance(reference, scale=20.0, factor=2))) < 0.5 * distance(draw())
+
+
+def test_classifier_free_guidance_drives_a_unet_with_a_null_class():
+    from guided_diffusion.unet import UNetModel
+
+    th.manual_seed(0)
+    model = UNetModel(image_size=8, in_channels=1, model_channels=32, out_channels=2, num_res_blocks=1,
+                      attention_resolutions=(), channel_mult=(1, 2), num_classes=3, class_dropout_prob=0.1).eval()
+    with th.no_grad():
+        for param in model.parameters():
+            param.copy_(th.randn_like(param) * 0.05)
+    diffusion = make_diffusion("4", var=ModelVarType.LEARNED_RANGE)
+
+    def draw(guidance):
+        return samplers.sample(diffusion, model, (3, 1, 8, 8), sampler="ddim", guidance=guidance,
+                               noise=th.randn(3, 1, 8, 8, generator=th.Generator().manual_seed(0)), model_kwargs={"y": th.tensor([0, 1, 2])})
+
+    conditional = draw(())
+    assert th.allclose(draw(ClassifierFreeGuidance(1.0, model.null_class)), conditional, atol=1e-4)
+    assert (draw(ClassifierFreeGuidance(4.0, model.null_class)) - conditional).abs().max() > 1e-2
