@@ -163,15 +163,15 @@ class GuidedDenoiser:
 
     def _gradient(self, guides, x, t, output, uncond_output, prediction):
         """The sum of the guides' gradients at x_t."""
-        seen = {
+        unguided = {
             "eps": self._eps(output, x, t),
             "pred_xstart": prediction["pred_xstart"],
             "alpha_bar": gather(self.schedule.alphas_cumprod, t, (x.shape[0],) + (1,) * (x.dim() - 1)),
         }
         if uncond_output is not None:
-            seen["eps_uncond"] = self._eps(uncond_output, x, t)
+            unguided["eps_uncond"] = self._eps(uncond_output, x, t)
         model_t = self.denoiser.model_timesteps(t)
-        return functools.reduce(operator.add, [g(x, model_t, seen, **self.model_kwargs) for g in guides])
+        return functools.reduce(operator.add, [g(x, model_t, unguided, **self.model_kwargs) for g in guides])
 
     def _eps(self, output, x, t):
         return self.denoiser.eps(self.denoiser.split(output, x)[0], x, t)
