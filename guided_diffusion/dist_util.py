@@ -1,5 +1,7 @@
-"""Process-group setup for a single process, an `mpiexec -n N` launch or a `torchrun` launch, and
-checkpoint reads that touch the file system once (rank 0) and broadcast the bytes to every rank.
+"""Process-group setup for a single process, an `mpiexec -n N` launch or a `torchrun` launch; the one rank
+helper (get_rank / get_world_size) and variable-length gather (all_gather_rows); rank-0 work whose result
+or error reaches every rank (on_rank0); and checkpoint reads that touch the file system once (rank 0) and
+broadcast the bytes to every rank.
 
 mpi4py is imported only when the process was started by an MPI launcher, so a plain
 `python script.py` needs no MPI installation.
