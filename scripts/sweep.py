@@ -1,4 +1,4 @@
-"""The trade-offs in pictures: sample a trained model at several guidance scales and at several step
+r"""The trade-offs in pictures: sample a trained model at several guidance scales and at several step
 counts / samplers, evaluate every run against a reference, write a table and plots.
 
     python scripts/sweep.py --preset adm64_cond,classifier64 --model_path 64x64_diffusion.pt \
