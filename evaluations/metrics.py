@@ -20,6 +20,21 @@ def statistics(activations):
     return activations.mean(axis=0), np.cov(activations, rowvar=False)
 
 
+def _real_sqrtm_of_product(sigma1, sigma2, eps):
+    """The real matrix square root of sigma1 sigma2 [D, D] (see frechet_distance for the fallbacks)."""
+    root = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(root).all():
+        warnings.warn(f"FID: sqrtm of the covariance product is singular; adding {eps} to the diagonals")
+        jitter = eps * np.eye(len(sigma1))
+        root = linalg.sqrtm((sigma1 + jitter).dot(sigma2 + jitter))
+    if not np.iscomplexobj(root):
+        return root
+    imaginary = np.abs(root.imag)
+    if not imaginary.diagonal().max() <= 1e-3:  # NaN fails too
+        raise ValueError(f"FID: imaginary component {imaginary.max()} in sqrtm")
+    return root.real
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-8):
     """||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), as released.
 
@@ -33,17 +48,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-8):
             f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape} "
             "(stored statistics must come from the same Inception feature: 2048 for FID, 2023 for sFID)"
         )
-    diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        warnings.warn(f"FID: sqrtm of the covariance product is singular; adding {eps} to the diagonals")
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    shift = mu1 - mu2
+    cross = np.trace(_real_sqrtm_of_product(sigma1, sigma2, eps))
+    return float(shift.dot(shift) + np.trace(sigma1) + np.trace(sigma2) - 2 * cross)
 
 
 def inception_score(probs, split_size=IS_SPLIT_SIZE):
