@@ -63,12 +63,16 @@ def _unreadable_reason(data, exc):
     return "is not a torch checkpoint"
 
 
-def load_checkpoint(model, path):
-    """Load `path` into `model` strictly; raise CheckpointMismatchError naming the likely wrong flags."""
+def load_checkpoint(model, path, return_state_dict=False):
+    """Load `path` into `model` strictly; raise CheckpointMismatchError naming the likely wrong flags.
+
+    Returns the model, or with return_state_dict the file's state dict as read (its own dtypes, e.g.
+    the float32 weights behind an fp16 model).
+    """
     state_dict = read_state_dict(path)
     check_state_dict_fits(model, state_dict, source=path)
     model.load_state_dict(state_dict, strict=True)
-    return model
+    return state_dict if return_state_dict else model
 
 
 def check_state_dict_fits(model, state_dict, source="checkpoint"):

@@ -87,11 +87,13 @@ class MixedPrecisionTrainer:
     use_fp16:           keep flat fp32 master copies and scale the loss by 2**lg_loss_scale.
     fp16_scale_growth:  added to lg_loss_scale after every step taken.
     initial_lg_loss_scale: log2 of the first loss scale (20 for diffusion models, 16 for classifiers).
+    master_weights:     a float32 state dict to take the fp16 master weights from (the checkpoint a run
+                        resumes from: the fp16 model holds its values rounded); default: the model's own.
     After `optimize`, `last_status` is STEP_TAKEN, GRAD_OVERFLOW or NONFINITE_LOSS.
     """
 
     def __init__(self, *, model, use_fp16=False, fp16_scale_growth=1e-3,
-                 initial_lg_loss_scale=20.0):
+                 initial_lg_loss_scale=20.0, master_weights=None):
         self.model, self.use_fp16, self.fp16_scale_growth = model, use_fp16, fp16_scale_growth
         self.model_params = list(model.parameters())
         self.master_params = self.model_params
@@ -102,6 +104,9 @@ class MixedPrecisionTrainer:
         if use_fp16:
             self.param_groups_and_shapes = get_param_groups_and_shapes(model.named_parameters())
             self.master_params = make_master_params(self.param_groups_and_shapes)
+            if master_weights is not None:
+                for master, value in zip(self.master_params, self.state_dict_to_master_params(master_weights)):
+                    master.data.copy_(value)
             model.convert_to_fp16()
 
     def zero_grad(self):

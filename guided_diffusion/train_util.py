@@ -70,16 +70,18 @@ class _LoopBase:
         self.step = resume.step if resume else 0
         self._check_run_config(resume)
         self._last_checkpoint = resume.model_path if resume else None  # the newest complete set's model file
-        if init_checkpoint:
-            logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
-            load_checkpoint(model, init_checkpoint)
         if resume:
             logger.log(f"resuming from {resume.model_path} at step {self.step}")
-            load_checkpoint(model, resume.model_path)
+        elif init_checkpoint:
+            logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
+        start_path = resume.model_path if resume else init_checkpoint
+        # The file's float32 weights: an fp16 model holds them rounded, the master weights exactly.
+        start_weights = load_checkpoint(model, start_path, return_state_dict=True) if start_path else None
         dist_util.sync_params(model.parameters())
 
         self.mp_trainer = MixedPrecisionTrainer(model=model, use_fp16=use_fp16, fp16_scale_growth=fp16_scale_growth,
-                                                initial_lg_loss_scale=self.initial_lg_loss_scale)
+                                                initial_lg_loss_scale=self.initial_lg_loss_scale,
+                                                master_weights=start_weights)
         self.schedule_sampler = schedule_sampler
         self.opt = AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
         self.ema_params = [self._load_ema(resume, rate) for rate in self.ema_rate]

@@ -50,16 +50,16 @@ class SeededBatches:
         self.index = state["index"]
 
 
-def tiny_loop(log_dir, max_steps, resume="", **options):
-    """A seeded TrainLoop of MICRO_UNET on SeededBatches logging to log_dir (stdout, log.txt, progress.csv):
-    EMA rates 0.9 and 0.99, a row every step, a checkpoint set every 2 steps."""
+def tiny_loop(log_dir, max_steps, resume="", model_flags=None, **options):
+    """A seeded TrainLoop of MICRO_UNET (updated with model_flags) on SeededBatches logging to log_dir
+    (stdout, log.txt, progress.csv): EMA rates 0.9 and 0.99, a row every step, a set every 2 steps."""
     from guided_diffusion import logger
     from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
     from guided_diffusion.train_util import TrainLoop, seed_all
 
     logger.configure(dir=str(log_dir))
     seed_all(0)
-    flags = dict(model_and_diffusion_defaults(), **MICRO_UNET)
+    flags = dict(model_and_diffusion_defaults(), **MICRO_UNET, **(model_flags or {}))
     model, diffusion = create_model_and_diffusion(**flags)
     kwargs = dict(batch_size=2, microbatch=-1, lr=1e-3, ema_rate="0.9,0.99", log_interval=1, save_interval=2,
                   resume_checkpoint=str(resume), max_steps=max_steps, run_config={"model_flags": flags})

@@ -198,6 +198,21 @@ def test_fp16_unet_trains_with_fp32_checkpoints(tmp_path, fashion_dir):
     assert len(_load(tmp_path / "opt000002.pt")["state"]) == 2  # the release's two flat master tensors
 
 
+def test_fp16_resume_takes_the_fp32_master_weights_from_the_checkpoint(tmp_path):
+    """A use_fp16 model holds its weights rounded to half; resuming restores the exact fp32 masters."""
+    fp16 = dict(use_fp16=True, model_flags={"use_fp16": True})
+    tiny_loop(tmp_path / "a", max_steps=4, **fp16).run_loop()
+    tiny_loop(tmp_path / "b", max_steps=2, **fp16).run_loop()
+    resumed = tiny_loop(tmp_path / "b", max_steps=4, resume=tmp_path / "b" / "model000002.pt", **fp16)
+    saved = _load(tmp_path / "b" / "model000002.pt")
+    masters = resumed.mp_trainer.master_params_to_state_dict(resumed.mp_trainer.master_params)
+    assert not all(th.equal(saved[k], v.float()) for k, v in resumed.model.state_dict().items())  # rounded
+    _assert_same_state({k: masters[k] for k in saved}, saved)
+    resumed.run_loop()
+    for name in ["model000004.pt", "ema_0.9_000004.pt"]:
+        _assert_same_state(_load(tmp_path / "a" / name), _load(tmp_path / "b" / name))
+
+
 def test_bf16_autocast_step(tmp_path, fashion_dir):
     loop = make_loop(tmp_path, fashion_dir, max_steps=1, log_interval=1, use_bf16=True)
     loop.run_loop()
