@@ -101,3 +101,9 @@ def test_precision_recall_rejects_bad_features():
         metrics.precision_recall(np.zeros((10, 3)), np.zeros((10, 4)))
     with pytest.raises(ValueError, match="more than k"):
         metrics.precision_recall(np.zeros((3, 3)), np.zeros((10, 3)))
+
+
+def test_fid_rejects_a_clearly_complex_square_root():
+    # sqrt(diag(1, -1)) = diag(1, i): the imaginary part on the diagonal is 1, far above 1e-3
+    with pytest.raises(ValueError, match="imaginary component 1.0"):
+        metrics.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
