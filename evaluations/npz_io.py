@@ -104,7 +104,7 @@ def open_npz_array(path, key="arr_0"):
     """Context manager giving an NpzArray for ``key`` of the npz at ``path``."""
     with _open_zip(path) as zf:
         if f"{key}.npy" not in zf.namelist():
-            raise KeyError(
+            raise BatchFileError(
                 f"{path} has no array {key!r} (it has {npz_keys(path)}); sample batches store images in arr_0"
             )
         with zf.open(f"{key}.npy") as member:

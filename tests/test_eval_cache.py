@@ -187,3 +187,10 @@ def test_stats_round_trip_keeps_moments_exact_and_pool_in_float16(tmp_path):
     for key in ("mu", "sigma", "mu_s", "sigma_s"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(stats, key))
     np.testing.assert_array_equal(loaded.pool, acts["pool"].astype(np.float16))
+
+
+def test_to_png_names_a_damaged_batch(batches, tmp_path, capsys):
+    cut = str(_truncated(batches[1], tmp_path / "cut.npz"))
+    with pytest.raises(SystemExit):
+        tools.main(["to_png", cut, str(tmp_path / "png")])
+    assert f"{cut} is not a complete .npz file" in capsys.readouterr().err

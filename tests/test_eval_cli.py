@@ -12,7 +12,7 @@ from PIL import Image
 
 from evaluations import evaluator, metrics, tools, weights
 from evaluations.features import PixelFeatures
-from evaluations.npz_io import open_npz_array
+from evaluations.npz_io import BatchFileError, open_npz_array
 from evaluations.stats import BatchStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def test_npz_reader_streams_arr_0_in_order(tmp_path, save):
 def test_missing_arr_0_and_bad_images_are_clear_errors(tmp_path, capsys):
     no_images = tmp_path / "stats_only.npz"
     np.savez(no_images, mu=np.zeros(3))
-    with pytest.raises(KeyError, match="no array 'arr_0'"):
+    with pytest.raises(BatchFileError, match="no array 'arr_0'"):
         with open_npz_array(str(no_images)):
             pass
     with pytest.raises(SystemExit):
