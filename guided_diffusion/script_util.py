@@ -7,8 +7,8 @@ themselves live in config.py, the builders in build.py, the command-line parsing
 
 import argparse
 
-from .build import (CHANNEL_MULTS, SR_CHANNEL_MULTS, attention_downsample_rates, build_classifier,  # noqa: F401
-                    build_diffusion, build_super_res, build_unet, parse_channel_mult)
+from .build import build_classifier, build_diffusion, build_super_res, build_unet
+from .build import parse_channel_mult  # noqa: F401 (kept importable from here)
 from .cli import parse_args, str2bool  # noqa: F401 (the release's str2bool lives here)
 from .config import (ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, defaults_of,
                      split_flags)

@@ -2,8 +2,6 @@
 the sampler choice and classifier guidance."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,8 +13,6 @@ from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
 from guided_diffusion.config import SampleConfig
 from guided_diffusion.guidance import ClassifierGuidance
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 # ----------------------------------------------------------------------------- seeds and shards
@@ -244,23 +240,19 @@ if dist.is_initialized():
 """
 
 
-def _run_gather(tmp_path, name, ranks, num_samples, batch_size):
+def _run_gather(run_python, tmp_path, name, ranks, num_samples, batch_size):
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "gather.py"
     script.write_text(textwrap.dedent(GATHER_SCRIPT))
-    command = [sys.executable, str(script), str(out), str(num_samples), str(batch_size)]
-    if ranks > 1:
-        command = [MPIEXEC, "-n", str(ranks)] + command
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    subprocess.run(command, check=True, env=env, timeout=120)
+    run_python([script, out, num_samples, batch_size], ranks=ranks, timeout=120)
     with np.load(out / f"samples_{num_samples}x4x4x3.npz") as data:
         return data["arr_0"], data["arr_1"]
 
 
-def test_gather_is_exact_and_independent_of_ranks_and_batch_size(tmp_path):
-    one_rank = _run_gather(tmp_path, "one", 1, 5, 5)
-    two_ranks = _run_gather(tmp_path, "two", 2, 5, 2)  # shards of 3 and 2, rounds of 2
+def test_gather_is_exact_and_independent_of_ranks_and_batch_size(run_python, tmp_path):
+    one_rank = _run_gather(run_python, tmp_path, "one", 1, 5, 5)
+    two_ranks = _run_gather(run_python, tmp_path, "two", 2, 5, 2)  # shards of 3 and 2, rounds of 2
     assert one_rank[0].shape == (5, 4, 4, 3) and one_rank[1].shape == (5,)
     for a, b in zip(one_rank, two_ranks):
         assert np.array_equal(a, b)
