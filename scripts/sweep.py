@@ -33,9 +33,11 @@ from guided_diffusion.build import build_diffusion
 from guided_diffusion.checkpoint import load_checkpoint
 from guided_diffusion.cli import config_parser, parse_configs
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, as_flags, flag
-from guided_diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.samplers import SAMPLERS, sample
-from guided_diffusion.sampling import to_uint8_nhwc
+from guided_diffusion.sample_io import to_uint8_nhwc
+from guided_diffusion.sample_seeds import SeededBatch
+from guided_diffusion.sampling import free_guidance
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion
 
 SAMPLER_NAMES = tuple(SAMPLERS)
@@ -130,11 +132,6 @@ class CountingModel:
         return self.model(x, t, y if self.class_cond else None)
 
 
-def _generator(*key):
-    """A CPU torch.Generator seeded from a tuple of ints."""
-    return th.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-
-
 def _synchronize(device):
     if th.device(device).type == "cuda":
         th.cuda.synchronize(device)
@@ -142,35 +139,32 @@ def _synchronize(device):
 
 def draw_samples(run, model, diffusion, guides, model_config, config, device):
     """The run's images, uint8 [num_samples, H, W, 3] (grey repeated), its model evaluations per
-    image and the sampling time in seconds. Batch b draws x_T, labels and step noise from seed (seed, b)."""
+    image and the sampling time in seconds. Sample i draws its x_T, label and step noise from its own
+    streams of --seed (as image_sample.py does), so every run starts from the same noise and labels."""
     counted = CountingModel(model, model_config.class_cond)
     shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
     images = []
     _synchronize(device)
     start = time.perf_counter()
-    for batch, first in enumerate(range(0, config.num_samples, config.batch_size)):
-        count = min(config.batch_size, config.num_samples - first)
-        generator = _generator(config.seed, batch)
-        noise = th.randn((count, *shape), generator=generator).to(device)
-        labels = th.randint(model_config.num_classes, (count,), generator=generator).to(device)
-        x = sample(diffusion, counted, noise.shape, sampler=run.sampler, guidance=guides, noise=noise,
-                   clip_denoised=config.clip_denoised, model_kwargs={"y": labels}, device=device,
-                   noise_fn=lambda like: th.randn(like.shape, generator=generator).to(like))
+    for first in range(0, config.num_samples, config.batch_size):
+        batch = SeededBatch(config.seed, range(first, min(first + config.batch_size, config.num_samples)))
+        labels = batch.labels(model_config.num_classes).to(device)
+        x = sample(diffusion, counted, (len(batch), *shape), sampler=run.sampler, guidance=guides,
+                   noise=batch.noise((len(batch), *shape), device), clip_denoised=config.clip_denoised,
+                   model_kwargs={"y": labels}, device=device, noise_fn=batch.noise_like)
         images.append(to_uint8_nhwc(x).cpu().numpy())
     _synchronize(device)
     seconds = time.perf_counter() - start
-    images = np.concatenate(images)
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    return images, counted.images_evaluated / config.num_samples, seconds
+    return np.concatenate(images), counted.images_evaluated / config.num_samples, seconds
 
 
-def guides_for(run, classifier, null_class):
-    """The guidance callables of a run (guided_diffusion.guidance)."""
+def guides_for(run, classifier, model):
+    """The guidance callables of a run (guided_diffusion.guidance); classifier-free W = 1 is plain
+    conditional sampling without the unconditional branch, as in image_sample.py."""
     if run.guidance == "classifier":
         return (ClassifierGuidance(classifier, run.scale),)
     if run.guidance == "classifier-free":
-        return (ClassifierFreeGuidance(run.scale, null_class),)
+        return free_guidance(run.scale, model)
     return ()
 
 
@@ -240,7 +234,7 @@ def main(argv=None):
     rows = []
     for run in runs:
         diffusion = build_diffusion(dataclasses.replace(diffusion_config, timestep_respacing=str(run.steps)))
-        guides = guides_for(run, classifier, model.null_class)
+        guides = guides_for(run, classifier, model)
         images, nfe, seconds = draw_samples(run, model, diffusion, guides, model_config, config, device)
         results = evaluate_images(images, reference, extractor, config.eval_batch_size, device)
         row = dataclasses.asdict(run) | results | dict(nfe=nfe, images_per_s=len(images) / seconds,
