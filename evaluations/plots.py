@@ -3,7 +3,7 @@ evaluations per sampler (from a sweep table, see scripts/sweep.py), and training
 progress.csv. PNG files through matplotlib's Agg backend (no display needed).
 
     python evaluations/plots.py sweep OUT_DIR/sweep.json [--out_dir OUT_DIR]
-    python evaluations/plots.py training RUN_DIR/progress.csv [--out RUN_DIR/training.png]
+    python evaluations/plots.py training RUN_DIR/progress.csv [--out RUN_DIR/training.png] [--keys loss,mse,vb]
 """
 
 import argparse
@@ -144,6 +144,9 @@ def main(argv=None):
     training = commands.add_parser("training", help="training curves from progress.csv")
     training.add_argument("progress", help="progress.csv of a training run")
     training.add_argument("--out", default="", help="PNG path (default: training.png beside progress.csv)")
+    training.add_argument("--keys", default=",".join(TRAINING_KEYS),
+                          help="comma-separated columns to plot, e.g. train_loss,val_loss for classifier_train "
+                          f"(default: {','.join(TRAINING_KEYS)})")
     args = parser.parse_args(argv)
     if args.command == "sweep":
         with open(args.table) as f:
@@ -151,7 +154,7 @@ def main(argv=None):
         written = plot_sweep(rows, args.out_dir or os.path.dirname(os.path.abspath(args.table)))
     else:
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.progress)), "training.png")
-        plot_training(args.progress, out)
+        plot_training(args.progress, out, keys=[key for key in args.keys.split(",") if key])
         written = [out]
     print("wrote " + ", ".join(written))
 
