@@ -1,6 +1,7 @@
 """The three training scripts end to end in subprocesses on tiny models: mpiexec with identical replicas,
 learning on Fashion-MNIST, the classifier on the CPU, super-resolution, and bad input."""
 
+import json
 import os
 import re
 import signal
@@ -59,12 +60,17 @@ def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
     (~20 s) to ~0.07 overall and ~0.2 for t < 250. Thresholds 0.15 and 0.3 exclude a model that ignores its
     input (loss 1) and one that copies x_t as its eps guess (about 0.3 overall, about 0.8 for t < 250)."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=8,
-                 lr=2e-3, max_steps=150, log_interval=10, save_interval=150, diffusion_steps=1000)
+                 lr=2e-3, max_steps=150, log_interval=10, save_interval=150, diffusion_steps=1000, ema_warmup=True)
     run_script("image_train.py", flags, tmp_path)
     rows = read_progress(tmp_path)
     first, last = rows[0], rows[-1]
     assert last["step"] == 150 and first["loss"] > 0.5, first
     assert last["loss"] < 0.15 and last["loss_q0"] < 0.3, last
+    # train_config.json: the typed configs' flags (the model's are checked on resume) and the classes
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["model_flags"]["num_channels"] == 32 and saved["model_flags"]["image_channels"] == 3
+    assert "lr" not in saved["model_flags"] and saved["train_flags"]["ema_warmup"] is True
+    assert saved["train_flags"]["lr"] == 2e-3 and len(saved["class_names"]) == 10
 
 
 def test_classifier_train_runs_on_cpu_evaluates_and_resumes(tmp_path, fashion_dir):
