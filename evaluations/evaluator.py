@@ -158,9 +158,11 @@ def evaluate(ref_path, sample_path, model, batch_size=64, device="cpu"):
 
 
 def save_stats(out_path, batch_path, model, batch_size=64, device="cpu"):
-    """Write a batch's statistics file: mu, sigma, mu_s, sigma_s and its pool_3 activations (float16)."""
+    """Write a batch's statistics file: mu, sigma, mu_s, sigma_s and its pool_3 activations (float16).
+
+    Returns the path written."""
     check_samples(batch_path, model.feature_dims)
-    BatchStats.from_activations(npz_activations(model, batch_path, batch_size, device)).save(out_path)
+    return BatchStats.from_activations(npz_activations(model, batch_path, batch_size, device)).save(out_path)
 
 
 REPORT_LINES = {"inception_score": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision",
@@ -208,8 +210,7 @@ def main(argv=None):
     model = load_inception(args.inception_path or None, args.device)
     try:
         if args.save_stats:
-            save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)
-            print(f"wrote {args.save_stats}")
+            print(f"wrote {save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)}")
             return
         results = evaluate(*args.batches, model, batch_size=args.batch_size, device=args.device)
     except BatchFileError as error:

@@ -44,11 +44,14 @@ class BatchStats:
         return cls(*(arrays[k] for k in MOMENT_KEYS), pool=arrays.get(POOL_KEY))
 
     def save(self, path, **extra):
-        """Write the moments, pool_3 as float16 (when present) and any ``extra`` arrays to an npz."""
+        """Write the moments, pool_3 as float16 (when present) and any ``extra`` arrays to an npz.
+
+        Returns the path written (np.savez adds ".npz" to a name without it)."""
         arrays = {key: getattr(self, key) for key in MOMENT_KEYS}
         if self.pool is not None:
             arrays[POOL_KEY] = np.asarray(self.pool, dtype=np.float16)
         np.savez(path, **arrays, **extra)
+        return str(path) if str(path).endswith(".npz") else f"{path}.npz"
 
     def frechet_distances(self, ref):
         """(FID, sFID) of this batch against the reference BatchStats ``ref``."""

@@ -58,11 +58,11 @@ def test_save_stats_through_the_command_line(batches, tmp_path, monkeypatch, cap
     monkeypatch.setattr(evaluator, "load_inception", lambda path, device: PixelFeatures())
     ref, sample = batches
     stats = str(tmp_path / "ref_stats.npz")
-    evaluator.main(["--save_stats", stats, ref])
+    evaluator.main(["--save_stats", str(tmp_path / "ref_stats"), ref])  # np.savez adds .npz
+    assert capsys.readouterr().out == f"wrote {stats}\n"
     with np.load(stats) as data:
         assert sorted(data) == ["mu", "mu_s", "pool_3", "sigma", "sigma_s"]
         assert data["pool_3"].dtype == np.float16 and data["pool_3"].shape == (40, 12)
-    capsys.readouterr()
     with pytest.warns(UserWarning, match="50000 samples"):
         evaluator.main([stats, sample, "--json"])
     lines = capsys.readouterr().out
