@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-def flag(default, help):
-    """A config field with its default and its one-line --help text."""
-    return field(default=default, metadata={"help": help})
+def flag(default, help, free_on_resume=False):
+    """A config field with its default and its one-line --help text; free_on_resume: a model flag that
+    changes no weight (a memory or kernel choice), so a resumed run may set it differently."""
+    return field(default=default, metadata={"help": help, "free_on_resume": free_on_resume})
 
 
 def flag_help(config_field):
@@ -24,6 +25,12 @@ def flag_help(config_field):
 def as_flags(*configs):
     """{flag name: value} of config instances (later configs win on shared names)."""
     return {name: value for config in configs for name, value in dataclasses.asdict(config).items()}
+
+
+def checked_on_resume(*configs):
+    """{flag name: value} of config instances without the flags marked free_on_resume."""
+    free = {f.name for config in configs for f in dataclasses.fields(config) if f.metadata["free_on_resume"]}
+    return {name: value for name, value in as_flags(*configs).items() if name not in free}
 
 
 def defaults_of(*config_classes):
@@ -75,13 +82,14 @@ class UNetConfig:
     attention_resolutions: str = flag("16,8", "comma-separated resolutions in pixels that get attention blocks")
     dropout: float = flag(0.0, "dropout probability in the residual blocks")
     class_cond: bool = flag(False, "class-conditional model (labels from the file-name prefixes)")
-    use_checkpoint: bool = flag(False, "gradient checkpointing (less memory, slower)")
+    use_checkpoint: bool = flag(False, "gradient checkpointing (less memory, slower)", free_on_resume=True)
     use_scale_shift_norm: bool = flag(True, "AdaGN: the embedding scales and shifts the normalised features")
     resblock_updown: bool = flag(False, "up/downsample inside residual blocks instead of separate layers")
     use_fp16: bool = flag(False, "float16 weights for the torso (and loss scaling in training)")
     num_classes: int = flag(1000, "classes of a class-conditional model")
     resblock_rescale: bool = flag(False, "scale each residual sum by 1/sqrt(2) (the paper's ablation)")
-    attention_impl: Literal["math", "sdpa"] = flag("math", "attention kernel: the release's einsum or PyTorch's SDPA")
+    attention_impl: Literal["math", "sdpa"] = flag("math", "attention kernel: the release's einsum or PyTorch's SDPA",
+                                                   free_on_resume=True)
     image_channels: int = flag(3, "channels of the images (1: greyscale); saved samples always have 3")
 
 
@@ -119,7 +127,8 @@ class ClassifierConfig:
         "attention", "how the classifier pools its features into logits"
     )
     num_classes: int = flag(1000, "classes the classifier tells apart")
-    classifier_attention_impl: Literal["math", "sdpa"] = flag("math", "the classifier's attention kernel")
+    classifier_attention_impl: Literal["math", "sdpa"] = flag("math", "the classifier's attention kernel",
+                                                              free_on_resume=True)
     classifier_channel_mult: str = flag("", 'classifier width multiplier per level ("": the image size\'s default)')
     image_channels: int = flag(3, "channels of the images (1: greyscale)")
 

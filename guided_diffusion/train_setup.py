@@ -1,7 +1,7 @@
 """What the training scripts share: the training loops called from typed configs, train_config.json's
 contents and the check of the model's classes against the data's."""
 
-from .config import as_flags
+from .config import as_flags, checked_on_resume
 from .resample import create_named_schedule_sampler
 from .train_util import TrainLoop
 
@@ -14,8 +14,9 @@ def check_num_classes(num_classes, class_names):
 
 
 def run_config(model_configs, loop_config, class_names):
-    """train_config.json: the model's flags (checked when resuming), every flag, the data's class names."""
-    return {"model_flags": as_flags(*model_configs), "train_flags": as_flags(*model_configs, loop_config),
+    """train_config.json: the model flags a resumed run must repeat (all but those marked free_on_resume),
+    every flag, the data's class names."""
+    return {"model_flags": checked_on_resume(*model_configs), "train_flags": as_flags(*model_configs, loop_config),
             "class_names": class_names}
 
 

@@ -173,3 +173,11 @@ def test_config_parser_help_types_choices_and_presets(capsys):
     with pytest.raises(SystemExit):
         parse_configs(parser, configs, ["--noise_schedule", "quadratic"])
     assert "invalid choice: 'quadratic'" in capsys.readouterr().err
+
+
+def test_resume_checks_skip_flags_that_change_no_weight():
+    from guided_diffusion.config import DiffusionConfig, ModelConfig, checked_on_resume
+
+    checked = checked_on_resume(ModelConfig(attention_impl="sdpa", num_channels=32), DiffusionConfig())
+    assert checked["num_channels"] == 32 and checked["learn_sigma"] is False
+    assert not {"attention_impl", "use_checkpoint"} & set(checked)

@@ -69,7 +69,8 @@ def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
     # train_config.json: the typed configs' flags (the model's are checked on resume) and the classes
     saved = json.loads((tmp_path / "train_config.json").read_text())
     assert saved["model_flags"]["num_channels"] == 32 and saved["model_flags"]["image_channels"] == 3
-    assert "lr" not in saved["model_flags"] and saved["train_flags"]["ema_warmup"] is True
+    assert "lr" not in saved["model_flags"] and "use_checkpoint" not in saved["model_flags"]  # free on resume
+    assert saved["train_flags"]["ema_warmup"] is True
     assert saved["train_flags"]["lr"] == 2e-3 and len(saved["class_names"]) == 10
 
 
