@@ -35,10 +35,7 @@ def build(args, attention_impl, precision, device):
         for p in model.parameters():
             if p.dim() > 1 and not p.any():
                 p.normal_(0, 0.02)
-    model.to(device)
-    if precision == "fp16":
-        model.convert_to_fp16()
-    return model
+    return model.to(device)
 
 
 def timed(fn, iters, device):
