@@ -14,16 +14,14 @@ from .sample_seeds import SeededBatch, resolve_seed, shard_range
 from .samplers import sample
 
 
-def load_for_sampling(model, path, use_fp16, device, flag="--model_path"):
-    """Loads the checkpoint at `path` (given by `flag`) into `model` (clear errors on mismatch),
-    moves it to `device`, converts it to fp16 when asked and sets eval mode. Returns the model."""
+def load_for_sampling(model, path, device, flag="--model_path"):
+    """Loads the checkpoint at `path` (given by `flag`) into `model` (clear errors on mismatch; a
+    use_fp16 model is already float16 from its construction), moves it to `device` and sets eval
+    mode. Returns the model."""
     if not path:
         raise ValueError(f"no checkpoint to sample from: pass {flag} PATH (a modelNNNNNN.pt or ema_*.pt file)")
     load_checkpoint(model, path)
-    model.to(device)
-    if use_fp16:
-        model.convert_to_fp16()
-    return model.eval()
+    return model.to(device).eval()
 
 
 def sampler_name(config):

@@ -35,12 +35,11 @@ def main():
     model = build_unet(model_config, diffusion_config.learn_sigma)
     diffusion = build_diffusion(diffusion_config)
     free_guidance = sampling.free_guidance(run.guidance_scale, model)
-    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sampling.load_for_sampling(model, run.model_path, device)
 
     logger.log("loading classifier...")
     classifier = build_classifier(classifier_config)
-    sampling.load_for_sampling(classifier, run.classifier_path, classifier_config.classifier_use_fp16, device,
-                               flag="--classifier_path")
+    sampling.load_for_sampling(classifier, run.classifier_path, device, flag="--classifier_path")
     guidance = (ClassifierGuidance(classifier, run.classifier_scale), *free_guidance)
 
     def model_fn(x, t, y=None):

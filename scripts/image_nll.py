@@ -42,7 +42,7 @@ def main():
     logger.log("creating model and diffusion...")
     model = build_unet(model_config, diffusion_config.learn_sigma)
     diffusion = build_diffusion(diffusion_config)
-    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sampling.load_for_sampling(model, run.model_path, device)
     seed = resolve_seed(run.seed)
     th.manual_seed(seed * world_size + rank)  # the noise of q_sample inside calc_bpd_loop
 

@@ -36,7 +36,7 @@ def main():
     model = build_unet(model_config, diffusion_config.learn_sigma)
     diffusion = build_diffusion(diffusion_config)
     guidance = sampling.free_guidance(run.guidance_scale, model)
-    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sampling.load_for_sampling(model, run.model_path, device)
     sample_shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
 
     def sample_batch(batch):

@@ -35,7 +35,7 @@ def main():
     logger.log("creating model...")
     model = build_super_res(model_config, diffusion_config.learn_sigma)
     diffusion = build_diffusion(diffusion_config)
-    sampling.load_for_sampling(model, run.model_path, model_config.use_fp16, device)
+    sampling.load_for_sampling(model, run.model_path, device)
     sample_shape = (model_config.image_channels, model_config.large_size, model_config.large_size)
 
     def sample_batch(batch):

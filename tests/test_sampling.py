@@ -290,7 +290,7 @@ def test_guidance_scale_needs_a_null_class():
 
 def test_missing_checkpoint_flag_is_named():
     with pytest.raises(ValueError, match="pass --classifier_path PATH"):
-        sampling.load_for_sampling(th.nn.Linear(1, 1), "", False, "cpu", flag="--classifier_path")
+        sampling.load_for_sampling(th.nn.Linear(1, 1), "", "cpu", flag="--classifier_path")
 
 
 def test_sample_all_needs_samples_and_a_batch():
