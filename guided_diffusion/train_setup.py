@@ -1,9 +1,32 @@
-"""What the training scripts share: the training loops called from typed configs, train_config.json's
-contents and the check of the model's classes against the data's."""
+"""What the training scripts share: the start of a run, the training images, the training loops called
+from typed configs and train_config.json's contents."""
 
+from . import dist_util, logger
+from .cli import parse_configs
 from .config import as_flags, checked_on_resume
+from .image_datasets import load_data
 from .resample import create_named_schedule_sampler
-from .train_util import TrainLoop
+from .train_util import TrainLoop, seed_all
+
+
+def start_training(parser, config_classes):
+    """Parse the command line into one instance per config class (the last a LoopConfig), then set up
+    the processes, the log dir and the seeds. Returns the configs."""
+    configs = parse_configs(parser, config_classes)
+    dist_util.setup_dist()
+    logger.configure()
+    seed_all(configs[-1].seed)
+    return configs
+
+
+def training_images(loop_config, image_size, class_cond, num_classes, image_channels=3, **options):
+    """load_data's endless batches of the LoopConfig's data_dir; a class-conditional model must know
+    every class of the data. options: more load_data keywords (e.g. random_crop)."""
+    data = load_data(data_dir=loop_config.data_dir, batch_size=loop_config.batch_size, image_size=image_size,
+                     class_cond=class_cond, seed=loop_config.seed, image_channels=image_channels, **options)
+    if class_cond:
+        check_num_classes(num_classes, data.class_names)
+    return data
 
 
 def check_num_classes(num_classes, class_names):
@@ -27,19 +50,20 @@ def loop_options(loop_config):
     return {name: getattr(loop_config, name) for name in shared}
 
 
-def train_diffusion(model, diffusion, data, train, use_fp16, run_config):
-    """Run TrainLoop to the end with a TrainConfig (`train`) and the model's --use_fp16."""
+def train_diffusion(model, diffusion, data, train, model_configs, class_names):
+    """Run TrainLoop to the end with a TrainConfig (`train`); model_configs: (the model's config, its
+    DiffusionConfig), for --use_fp16 and train_config.json."""
     TrainLoop(
         model=model,
         diffusion=diffusion,
         data=data,
         ema_rate=train.ema_rate,
-        use_fp16=use_fp16,
+        use_fp16=model_configs[0].use_fp16,
         fp16_scale_growth=train.fp16_scale_growth,
         schedule_sampler=create_named_schedule_sampler(train.schedule_sampler, diffusion),
         lr_anneal_steps=train.lr_anneal_steps,
         max_steps=train.max_steps,
         ema_warmup=train.ema_warmup,
-        run_config=run_config,
+        run_config=run_config(model_configs, train, class_names),
         **loop_options(train),
     ).run_loop()

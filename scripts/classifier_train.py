@@ -7,12 +7,12 @@
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_classifier, build_diffusion
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, ClassifierTrainConfig, DiffusionConfig
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import create_named_schedule_sampler
-from guided_diffusion.train_setup import check_num_classes, loop_options, run_config
-from guided_diffusion.train_util import ClassifierTrainLoop, seed_all
+from guided_diffusion.train_setup import loop_options, run_config, start_training, training_images
+from guided_diffusion.train_util import ClassifierTrainLoop
 
 CONFIGS = (ClassifierConfig, DiffusionConfig, ClassifierTrainConfig)
 
@@ -22,23 +22,20 @@ def create_argparser():
 
 
 def main():
-    classifier_config, diffusion_config, train = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
-    seed_all(train.seed)
+    classifier_config, diffusion_config, train = start_training(create_argparser(), CONFIGS)
 
     logger.log("creating model and diffusion...")
     model = build_classifier(classifier_config).to(dist_util.dev())
     diffusion = build_diffusion(diffusion_config)
 
     logger.log("creating data loader...")
-    image_options = dict(batch_size=train.batch_size, image_size=classifier_config.image_size, class_cond=True,
-                         seed=train.seed, image_channels=classifier_config.image_channels)
-    data = load_data(data_dir=train.data_dir, random_crop=True, **image_options)
-    check_num_classes(classifier_config.num_classes, data.class_names)
+    data = training_images(train, classifier_config.image_size, True, classifier_config.num_classes,
+                           classifier_config.image_channels, random_crop=True)
     val_data = None
     if train.val_data_dir:
-        val_data = load_data(data_dir=train.val_data_dir, **image_options)
+        val_data = load_data(data_dir=train.val_data_dir, batch_size=train.batch_size,
+                             image_size=classifier_config.image_size, class_cond=True, seed=train.seed,
+                             image_channels=classifier_config.image_channels)
         if val_data.class_names != data.class_names:
             raise ValueError(f"--val_data_dir has classes {val_data.class_names}, --data_dir has "
                              f"{data.class_names}: labels would not match")

@@ -6,11 +6,10 @@ is area-downsampled to --small_size and given to the model as `low_res`.
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_diffusion, build_super_res
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, SuperResConfig, TrainConfig
-from guided_diffusion.image_datasets import LowResConditioned, load_data
-from guided_diffusion.train_setup import check_num_classes, run_config, train_diffusion
-from guided_diffusion.train_util import seed_all
+from guided_diffusion.image_datasets import LowResConditioned
+from guided_diffusion.train_setup import start_training, train_diffusion, training_images
 
 CONFIGS = (SuperResConfig, DiffusionConfig, TrainConfig)
 
@@ -20,25 +19,19 @@ def create_argparser():
 
 
 def main():
-    model_config, diffusion_config, train = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
-    seed_all(train.seed)
+    sr_config, diffusion_config, train = start_training(create_argparser(), CONFIGS)
 
     logger.log("creating model...")
-    model = build_super_res(model_config, diffusion_config.learn_sigma).to(dist_util.dev())
+    model = build_super_res(sr_config, diffusion_config.learn_sigma).to(dist_util.dev())
     diffusion = build_diffusion(diffusion_config)
 
     logger.log("creating data loader...")
-    images = load_data(data_dir=train.data_dir, batch_size=train.batch_size, image_size=model_config.large_size,
-                       class_cond=model_config.class_cond, seed=train.seed, image_channels=model_config.image_channels)
-    if model_config.class_cond:
-        check_num_classes(model_config.num_classes, images.class_names)
-    data = LowResConditioned(images, model_config.small_size)
+    images = training_images(train, sr_config.large_size, sr_config.class_cond, sr_config.num_classes,
+                             sr_config.image_channels)
 
     logger.log("training...")
-    train_diffusion(model, diffusion, data, train, use_fp16=model_config.use_fp16,
-                    run_config=run_config((model_config, diffusion_config), train, images.class_names))
+    train_diffusion(model, diffusion, LowResConditioned(images, sr_config.small_size), train,
+                    (sr_config, diffusion_config), images.class_names)
 
 
 if __name__ == "__main__":
