@@ -12,7 +12,7 @@ With a model trained with --class_dropout_prob > 0, --guidance_scale W adds clas
 
 from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_classifier, build_diffusion, build_unet
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, ClassifierSampleConfig, DiffusionConfig, ModelConfig
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.sample_seeds import parse_class_labels
@@ -25,9 +25,7 @@ def create_argparser():
 
 
 def main():
-    model_config, diffusion_config, classifier_config, run = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
+    model_config, diffusion_config, classifier_config, run = sampling.start_sampling(create_argparser(), CONFIGS)
     device = dist_util.dev()
     class_labels = parse_class_labels(run.class_labels, model_config.num_classes)
 

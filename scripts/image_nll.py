@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_diffusion, build_unet
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig, NllConfig
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.sample_seeds import resolve_seed, shard_range
@@ -33,9 +33,7 @@ def create_argparser():
 
 
 def main():
-    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
+    model_config, diffusion_config, run = sampling.start_sampling(create_argparser(), CONFIGS)
     device = dist_util.dev()
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
 

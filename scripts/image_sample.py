@@ -12,7 +12,7 @@ A model trained with --class_dropout_prob > 0 samples with classifier-free guida
 
 from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_diffusion, build_unet
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassSampleConfig, DiffusionConfig, ModelConfig
 from guided_diffusion.sample_seeds import parse_class_labels
 
@@ -24,9 +24,7 @@ def create_argparser():
 
 
 def main():
-    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
+    model_config, diffusion_config, run = sampling.start_sampling(create_argparser(), CONFIGS)
     device = dist_util.dev()
     class_labels = parse_class_labels(run.class_labels, model_config.num_classes)
     if class_labels and not model_config.class_cond:

@@ -11,7 +11,7 @@ Writes samples_{N}x{H}x{W}x3.npz (H = W = --large_size) and samples_grid.png to 
 from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.base_samples import load_base_samples
 from guided_diffusion.build import build_diffusion, build_super_res
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, SuperResConfig, SuperResSampleConfig
 
 CONFIGS = (SuperResConfig, DiffusionConfig, SuperResSampleConfig)
@@ -22,9 +22,7 @@ def create_argparser():
 
 
 def main():
-    model_config, diffusion_config, run = parse_configs(create_argparser(), CONFIGS)
-    dist_util.setup_dist()
-    logger.configure()
+    model_config, diffusion_config, run = sampling.start_sampling(create_argparser(), CONFIGS)
     device = dist_util.dev()
 
     logger.log("loading data...")
