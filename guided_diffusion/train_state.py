@@ -24,8 +24,6 @@ import numpy as np
 import torch as th
 
 CONFIG_NAME = "train_config.json"
-# Model flags that change no weight and may differ on resume (memory / kernel choices).
-FREE_ON_RESUME = ("use_checkpoint", "attention_impl", "classifier_attention_impl")
 CHECKPOINT_RE = re.compile(r"^(?:model|opt|state|ema_[0-9.]+_)(\d{6,})\.pt$")
 TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # the suffix of a file being written (see write_file)
 SET_ASIDE_PREFIX = "set_aside_after_step"
@@ -250,11 +248,12 @@ def read_config(directory):
 
 
 def check_config_matches(saved, current, source):
-    """Raise ValueError when the model flags or class names differ from the resumed run's."""
+    """Raise ValueError when the model flags both runs record, or the class names, differ (the
+    flags that change no weight are not recorded: see config.checked_on_resume)."""
     problems = []
     saved_flags, flags = saved.get("model_flags", {}), current.get("model_flags", {})
-    for key in sorted(set(saved_flags) | set(flags)):
-        if key in saved_flags and key in flags and saved_flags[key] != flags[key] and key not in FREE_ON_RESUME:
+    for key in sorted(set(saved_flags) & set(flags)):
+        if saved_flags[key] != flags[key]:
             problems.append(f"--{key}: checkpoint {saved_flags[key]!r}, now {flags[key]!r}")
     if saved.get("class_names") != current.get("class_names"):
         problems.append(f"class names: checkpoint {saved.get('class_names')}, data now {current.get('class_names')}")

@@ -26,7 +26,7 @@ from torch.optim import AdamW
 from . import dist_util, logger, train_state
 from .checkpoint import load_checkpoint, read_torch_file
 from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
-from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
+from .resample import LossAwareSampler, UniformSampler
 
 
 class TrainingStopped(RuntimeError):
