@@ -115,6 +115,15 @@ class Denoiser:
             return self.schedule.eps_from_xstart(x, t, mean_output)
         return self.schedule.eps_from_xstart(x, t, self.schedule.xstart_from_xprev(x, t, mean_output))
 
+    def from_eps(self, eps, x, t):
+        """The model's mean channels that hold the noise prediction eps (inverse of `eps`)."""
+        if self.model_mean_type == ModelMeanType.EPSILON:
+            return eps
+        x_start = self.schedule.xstart_from_eps(x, t, eps)
+        if self.model_mean_type == ModelMeanType.START_X:
+            return x_start
+        return self.schedule.posterior(x_start, x, t)[0]
+
     def variance(self, variance_output, x, t):
         """(variance, log-variance) shaped like x: fixed, or from the variance channels."""
         if variance_output is None:

@@ -12,8 +12,10 @@ model's keyword arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t)
 
 The gradient enters the sampler as released: DDPM adds variance * gradient to the mean
 (`shift_mean`); DDIM and DPM-Solver++ replace eps by eps - sqrt(1 - alpha_bar_t) * gradient
-(`shift_score`). A guide with `score_only = True` (classifier-free guidance) always shifts the score;
-a plain function is a guide too.
+(`shift_score`), eps read from the clipped x_0. A guide with `on_model_output = True` (classifier-free
+guidance) instead shifts the model's raw noise prediction, before x_0 is derived and clipped, under
+every sampler (as GLIDE and DiT combine eps); its prediction's "pred_xstart" is then unclipped. A
+plain function is a guide too.
 """
 
 import functools
@@ -31,7 +33,7 @@ class ClassifierGuidance:
     classifier(x [N, C, H, W], t [N]) -> logits [N, K]; the target y comes from model_kwargs["y"].
     """
 
-    score_only = False
+    on_model_output = False
 
     def __init__(self, classifier, scale):
         self.classifier = classifier
@@ -53,11 +55,11 @@ class ClassifierFreeGuidance:
     Needs a model trained with --class_dropout_prob > 0: its label null_class is the unconditional
     branch. The sampler then runs [x; x] with labels [y; null_class] in one batched forward; the
     gradient of the implicit classifier, (scale - 1) (eps_u - eps_c) / sqrt(1 - alpha_bar_t), shifts
-    the score. scale = 1 is plain conditional sampling; learned variances come from the conditional
-    branch.
+    the model's raw eps (on_model_output), before x_0 is derived and clipped. scale = 1 is plain
+    conditional sampling; learned variances come from the conditional branch.
     """
 
-    score_only = True
+    on_model_output = True
 
     def __init__(self, scale, null_class):
         if null_class is None:
@@ -76,7 +78,7 @@ class ClassifierFreeGuidance:
 class CondFnGuidance:
     """The release's cond_fn(x, t, **model_kwargs) -> scaled gradient, as a guide."""
 
-    score_only = False
+    on_model_output = False
 
     def __init__(self, cond_fn):
         self.cond_fn = cond_fn
@@ -115,7 +117,7 @@ class GuidedDenoiser:
     denoiser.Denoiser, with guides applied. What samplers call.
 
     guides: guide callables (above); on: "mean" (DDPM) or "score" (DDIM, DPM-Solver++), where guides
-    without score_only act. model_kwargs go to the model and to every guide.
+    without on_model_output act. model_kwargs go to the model and to every guide.
     """
 
     def __init__(self, denoiser, model, guides=(), *, on="score", clip_denoised=True, denoised_fn=None,
@@ -128,9 +130,10 @@ class GuidedDenoiser:
         self.clip_denoised = clip_denoised
         self.denoised_fn = denoised_fn
         self.model_kwargs = model_kwargs or {}
-        score_only = [getattr(g, "score_only", False) for g in guides]
-        self.score_guides = [g for g, only in zip(guides, score_only) if on == "score" or only]
-        self.mean_guides = [g for g, only in zip(guides, score_only) if on == "mean" and not only]
+        self.output_guides = [g for g in guides if getattr(g, "on_model_output", False)]
+        others = [g for g in guides if not getattr(g, "on_model_output", False)]
+        self.score_guides = others if on == "score" else []
+        self.mean_guides = others if on == "mean" else []
         null_classes = {g.null_class for g in guides if isinstance(g, ClassifierFreeGuidance)}
         if len(null_classes) > 1:
             raise ValueError(f"one classifier-free guide at a time, got null classes {sorted(null_classes)}")
@@ -138,6 +141,10 @@ class GuidedDenoiser:
 
     def __call__(self, x, t):
         output, uncond_output = self._forward(x, t)
+        if self.output_guides:
+            raw = {"pred_xstart": self.denoiser.xstart(self.denoiser.split(output, x)[0], x, t)}
+            gradient = self._gradient(self.output_guides, x, t, output, uncond_output, raw)
+            output = self._shift_output(output, x, t, gradient)
         prediction = self.denoiser.predict(output, x, t, clip_denoised=self.clip_denoised,
                                            denoised_fn=self.denoised_fn)
         if self.score_guides:
@@ -147,6 +154,14 @@ class GuidedDenoiser:
             gradient = self._gradient(self.mean_guides, x, t, output, uncond_output, prediction)
             prediction = dict(prediction, mean=shift_mean(prediction, gradient))
         return prediction
+
+    def _shift_output(self, output, x, t, gradient):
+        """The model output with its raw eps replaced by eps - sqrt(1 - alpha_bar_t) * gradient."""
+        mean_output, variance_output = self.denoiser.split(output, x)
+        alpha_bar = gather(self.schedule.alphas_cumprod, t, x.shape)
+        guided_eps = self.denoiser.eps(mean_output, x, t) - (1 - alpha_bar).sqrt() * gradient
+        mean_output = self.denoiser.from_eps(guided_eps, x, t)
+        return mean_output if variance_output is None else th.cat([mean_output, variance_output], dim=1)
 
     def _forward(self, x, t):
         """The model output at (x, t), and the unconditional branch's (or None) from the same forward."""

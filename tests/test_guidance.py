@@ -142,16 +142,20 @@ def test_classifier_free_guidance_is_one_batched_forward_with_the_null_label():
     assert model.calls == [(4, [0, 1, NULL, NULL])]
 
 
-@pytest.mark.parametrize("scale", [0.0, 3.0])
-def test_classifier_free_guidance_combines_eps_and_keeps_the_conditional_variance(scale):
+@pytest.mark.parametrize("scale,clip", [(0.0, False), (3.0, False), (3.0, True)])
+def test_classifier_free_guidance_combines_eps_and_keeps_the_conditional_variance(scale, clip):
+    """As GLIDE and DiT: eps = eps_u + W (eps_c - eps_u) from the raw outputs, x_0 clipped after."""
     diffusion = make_diffusion(var=ModelVarType.LEARNED_RANGE)
-    model, x, t = TwoClassModel(learn_sigma=True), x_T(4), th.tensor([2, 5, 8, 11])
+    model, x, t = TwoClassModel(learn_sigma=True), x_T(4) * 3, th.tensor([2, 5, 8, 11])
     y = th.tensor([0, 1, 0, 1])
-    guided = GuidedDenoiser(diffusion.denoiser, model, [ClassifierFreeGuidance(scale, NULL)], clip_denoised=False,
+    guided = GuidedDenoiser(diffusion.denoiser, model, [ClassifierFreeGuidance(scale, NULL)], clip_denoised=clip,
                             model_kwargs={"y": y})(x, t)
     model_t = diffusion.denoiser.model_timesteps(t)
     eps_c, eps_u = model(x, model_t, y)[:, :1], model(x, model_t, th.full_like(y, NULL))[:, :1]
     expected_x0 = diffusion._predict_xstart_from_eps(x, t, eps_u + scale * (eps_c - eps_u))
+    if clip:
+        assert (expected_x0.abs() > 1).any()  # the case where clipping before the combination would differ
+        expected_x0 = expected_x0.clamp(-1, 1)
     assert th.allclose(guided["pred_xstart"], expected_x0, atol=1e-5)
     conditional = diffusion.p_mean_variance(model, x, t, clip_denoised=False, model_kwargs={"y": y})
     assert th.equal(guided["log_variance"], conditional["log_variance"])
@@ -232,7 +236,7 @@ def test_classifier_free_guidance_drives_a_unet_with_a_null_class():
     diffusion = make_diffusion("4", var=ModelVarType.LEARNED_RANGE)
 
     def draw(guidance):
-        return samplers.sample(diffusion, model, (3, 1, 8, 8), sampler="ddim", guidance=guidance,
+        return samplers.sample(diffusion, model, (3, 1, 8, 8), sampler="ddim", guidance=guidance, clip_denoised=False,
                                noise=th.randn(3, 1, 8, 8, generator=th.Generator().manual_seed(0)), model_kwargs={"y": th.tensor([0, 1, 2])})
 
     conditional = draw(())
