@@ -12,7 +12,7 @@ from .cli import parse_configs
 from .guidance import ClassifierFreeGuidance
 from .sample_io import save_samples, to_uint8_nhwc
 from .sample_seeds import SeededBatch, resolve_seed, shard_range
-from .samplers import sample
+from .samplers import resolve_sampler, sample
 
 
 def start_sampling(parser, config_classes):
@@ -34,15 +34,6 @@ def load_for_sampling(model, path, device, flag="--model_path"):
     return model.to(device).eval()
 
 
-def sampler_name(config):
-    """The sampler a SampleConfig asks for: --sampler, or ddim for the release's --use_ddim True."""
-    if not config.use_ddim:
-        return config.sampler
-    if config.sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"--use_ddim True asks for ddim but --sampler is {config.sampler}: give only --sampler")
-    return "ddim"
-
-
 def free_guidance(guidance_scale, model):
     """The classifier-free guides for --guidance_scale: none at 1 (plain conditional sampling)."""
     if guidance_scale == 1:
@@ -59,7 +50,7 @@ def draw(diffusion, model, batch, shape, device, config, model_kwargs, guidance=
     """x_0 [len(batch), C, H, W] in [-1, 1] from the SampleConfig's sampler, every random draw from
     the batch's per-sample streams (initial noise included). shape: [len(batch), C, H, W]."""
     return sample(
-        diffusion, model, tuple(shape), sampler=sampler_name(config), guidance=guidance,
+        diffusion, model, tuple(shape), sampler=resolve_sampler(config.sampler, config.use_ddim), guidance=guidance,
         noise=batch.noise(shape, device), clip_denoised=config.clip_denoised, model_kwargs=model_kwargs,
         device=device, progress=config.progress and dist_util.get_rank() == 0, noise_fn=batch.noise_like,
     )

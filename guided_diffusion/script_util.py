@@ -5,8 +5,6 @@ third-party code written against the release (e.g. k-diffusion's wrappers) run u
 themselves live in config.py, the builders in build.py, the command-line parsing in cli.py.
 """
 
-import argparse
-
 from .build import build_classifier, build_diffusion, build_super_res, build_unet
 from .build import parse_channel_mult  # noqa: F401 (kept importable from here)
 from .cli import parse_args, str2bool  # noqa: F401 (the release's str2bool lives here)

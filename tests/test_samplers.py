@@ -12,7 +12,7 @@ import pytest
 import torch as th
 
 from guided_diffusion import samplers
-from guided_diffusion.gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
+from guided_diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.schedules import get_named_beta_schedule
 from guided_diffusion.unet import UNetModel

@@ -10,7 +10,6 @@ import torch as th
 from PIL import Image
 
 from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
-from guided_diffusion.config import SampleConfig
 from guided_diffusion.guidance import ClassifierGuidance
 
 
@@ -211,9 +210,7 @@ GATHER_SCRIPT = """
 import os, socket, sys
 import numpy as np, torch as th, torch.distributed as dist
 from mpi4py import MPI
-from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
-from guided_diffusion.config import SampleConfig
-from guided_diffusion.guidance import ClassifierGuidance
+from guided_diffusion import sample_io, sampling
 
 comm = MPI.COMM_WORLD
 if comm.size > 1:
@@ -263,17 +260,6 @@ def test_gather_is_exact_and_independent_of_ranks_and_batch_size(run_python, tmp
     x = (0.5 * x + 0.1 * batch.noise_like(x)).clamp(-1, 1)
     assert np.array_equal(sample_io.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
     assert one_rank[1][4] == int(batch.labels(10)[0])
-
-
-@pytest.mark.parametrize("use_ddim,sampler,chosen", [(False, "ddpm", "ddpm"), (True, "ddpm", "ddim"),
-                                                    (True, "ddim", "ddim"), (False, "dpm++2m", "dpm++2m")])
-def test_sampler_choice_keeps_the_release_s_use_ddim(use_ddim, sampler, chosen):
-    assert sampling.sampler_name(SampleConfig(use_ddim=use_ddim, sampler=sampler)) == chosen
-
-
-def test_use_ddim_with_another_sampler_is_an_error():
-    with pytest.raises(ValueError, match="give only --sampler"):
-        sampling.sampler_name(SampleConfig(use_ddim=True, sampler="dpm++2m"))
 
 
 def test_guidance_scale_needs_a_null_class():
