@@ -1,10 +1,12 @@
 """Export Fashion-MNIST (Debian package dataset-fashion-mnist, MIT) to an image folder for load_data.
 
-Each image becomes `{label}-{name}_{index:05d}.png`, a 32x32 RGB picture (the 28x28 grey image padded
-with 2 black pixels per side), so the class prefix before "_" sorts in label order (0-tshirt ... 9-boot).
+Each image becomes `{label}-{name}_{index:05d}.png`, by default a 32x32 RGB picture (the 28x28 grey image
+padded with 2 black pixels per side), so the class prefix before "_" sorts in label order (0-tshirt ... 9-boot).
+`--image_size` below 28 downsamples instead of padding; `--channels 1` writes greyscale PNGs.
 
     python datasets/fashion_mnist.py --out_dir data/fashion_train --per_class 1000
     python datasets/fashion_mnist.py --out_dir data/fashion_test --split t10k --classes 0,1,7
+    python datasets/fashion_mnist.py --out_dir data/fashion28 --image_size 28 --channels 1
 
 If the package's files are missing and apt-get is available, the package is installed first.
 """
@@ -57,26 +59,45 @@ def select(labels, classes, per_class):
     return sorted(int(i) for i in chosen)
 
 
-def to_rgb_padded(image, size):
-    """[28, 28] uint8 grey -> [size, size, 3] uint8 RGB, centred on black."""
-    pad_total = size - image.shape[0]
-    if pad_total < 0:
-        raise ValueError(f"--image_size {size} is smaller than the 28x28 images")
-    before = pad_total // 2
-    padded = np.pad(image, ((before, pad_total - before), (before, pad_total - before)))
-    return np.repeat(padded[:, :, None], 3, axis=2)
+def to_size(image, size):
+    """[28, 28] uint8 grey -> [size, size] uint8: centred on black when size >= 28, else area-downsampled."""
+    if size < 8:
+        raise ValueError(f"image size {size} is too small to show a garment: use 8 or more (28 is native)")
+    if size < 28:
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.BOX))
+    before = (size - 28) // 2
+    return np.pad(image, ((before, size - 28 - before), (before, size - 28 - before)))
 
 
-def export(out_dir, split="train", classes=tuple(range(10)), per_class=0, image_size=32, source_dir=DATA_DIR):
-    """Write the selected images to out_dir; returns the number written."""
+def read_split(split="train", source_dir=DATA_DIR):
+    """A split's 28x28 images ([N, 28, 28] uint8 grey) and labels ([N] uint8), installing the package if needed."""
     ensure_installed(source_dir)
     images = read_idx(os.path.join(source_dir, f"{split}-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(source_dir, f"{split}-labels-idx1-ubyte.gz"))
+    return images, labels
+
+
+def load_split(split="train", image_size=28, source_dir=DATA_DIR):
+    """A split's images as exported at image_size ([N, image_size, image_size] uint8 grey) and labels ([N])."""
+    images, labels = read_split(split, source_dir)
+    if image_size != 28:
+        images = np.stack([to_size(image, image_size) for image in images])
+    return images, labels
+
+
+def export(out_dir, split="train", classes=tuple(range(10)), per_class=0, image_size=32, source_dir=DATA_DIR,
+           channels=3):
+    """Write the selected images to out_dir as PNGs with `channels` (1 grey, 3 RGB); returns the number written."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (greyscale PNGs) or 3 (RGB PNGs), got {channels}")
+    images, labels = read_split(split, source_dir)
     os.makedirs(out_dir, exist_ok=True)
     indices = select(labels, classes, per_class)
     for i in indices:
         name = f"{labels[i]}-{CLASS_NAMES[labels[i]]}_{i:05d}.png"
-        Image.fromarray(to_rgb_padded(images[i], image_size)).save(os.path.join(out_dir, name))
+        grey = to_size(images[i], image_size)
+        pixels = grey if channels == 1 else np.repeat(grey[:, :, None], 3, axis=2)
+        Image.fromarray(pixels).save(os.path.join(out_dir, name))
     return len(indices)
 
 
@@ -100,10 +121,13 @@ def main():
     parser.add_argument("--split", default="train", choices=["train", "t10k"], help="60k train or 10k test images")
     parser.add_argument("--classes", type=parse_classes, default=list(range(10)), help="e.g. 0,1,7 or tshirt,bag")
     parser.add_argument("--per_class", type=int, default=0, help="images per class (0: all)")
-    parser.add_argument("--image_size", type=int, default=32, help="side after padding the 28x28 images")
+    parser.add_argument("--image_size", type=int, default=32,
+                        help="side of the written images: the 28x28 images are padded, or downsampled below 28")
+    parser.add_argument("--channels", type=int, default=3, choices=[1, 3], help="1: greyscale PNGs, 3: RGB PNGs")
     parser.add_argument("--source_dir", default=DATA_DIR, help="folder with the *-ubyte.gz files")
     args = parser.parse_args()
-    n = export(args.out_dir, args.split, args.classes, args.per_class, args.image_size, args.source_dir)
+    n = export(args.out_dir, args.split, args.classes, args.per_class, args.image_size, args.source_dir,
+               args.channels)
     print(f"wrote {n} images to {args.out_dir}")
 
 
