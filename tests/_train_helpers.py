@@ -1,5 +1,5 @@
-"""Shared pieces of the training tests: tiny model flags, a session-wide Fashion-MNIST export, a tiny
-seeded training loop, and running the training scripts in subprocesses (single process, mpiexec or torchrun)."""
+"""Helpers the test files import: tiny model flags, a tiny seeded training loop, the Fashion-MNIST export,
+and running Python files and scripts in subprocesses (one process or mpiexec). Fixtures: conftest.py."""
 
 import csv
 import importlib.util
@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch as th
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,29 +77,34 @@ def load_fashion_module():
     return module
 
 
-@pytest.fixture(scope="session")
-def fashion_dir(tmp_path_factory):
-    """60 Fashion-MNIST training images per class (600 files, 32x32 RGB, class-prefixed names)."""
-    out = tmp_path_factory.mktemp("fashion")
-    load_fashion_module().export(str(out), split="train", per_class=60)
-    return out
+def export_fashion(out_dir, per_class=60):
+    """per_class Fashion-MNIST training images per class into out_dir (32x32 RGB, class-prefixed names)."""
+    load_fashion_module().export(str(out_dir), split="train", per_class=per_class)
+    return out_dir
 
 
-def run_script(script, flags, log_dir, launcher=(), timeout=300, expect_ok=True):
-    """Run scripts/<script> with flags (dict or argv list) and OPENAI_LOGDIR=log_dir; returns the result."""
-    return run_python(REPO / "scripts" / script, flags, log_dir, launcher, timeout, expect_ok)
-
-
-def run_python(path, flags, log_dir, launcher=(), timeout=300, expect_ok=True):
-    """Run a python file (optionally under a launcher such as mpiexec -n 2) with one thread per process."""
-    argv = to_argv(flags) if isinstance(flags, dict) else [str(a) for a in flags]
-    env = dict(os.environ, OPENAI_LOGDIR=str(log_dir), OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
-    cmd = [*launcher, PYTHON, str(path), *argv]
-    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    if expect_ok and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+def run_python(args, ranks=1, env=None, check=True, timeout=300):
+    """Runs `python *args` from the repository root (under `mpiexec -n ranks` when ranks > 1) with the
+    repository importable, one thread per process and warnings shown; returns the CompletedProcess
+    (stdout, stderr as text). check: raise with both outputs on a non-zero exit."""
+    command = [PYTHON, *map(str, args)]
+    if ranks > 1:
+        command = [MPIEXEC, "-n", str(ranks), *command]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="default", **(env or {}))
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-5000:]}")
     return result
+
+
+def run_script(name, flags, log_dir, ranks=1, check=True, timeout=300):
+    """scripts/{name}.py with flags (a dict, or an argv list) and OPENAI_LOGDIR=log_dir (the sampling
+    scripts and image_nll with --progress False) -> CompletedProcess (see run_python)."""
+    argv = to_argv(flags) if isinstance(flags, dict) else [str(a) for a in flags]
+    quiet = ["--progress", "False"] if "sample" in name or name == "image_nll" else []
+    return run_python([REPO / "scripts" / f"{name}.py", *argv, *quiet], ranks=ranks,
+                      env={"OPENAI_LOGDIR": str(log_dir)}, check=check, timeout=timeout)
 
 
 def read_progress(log_dir):

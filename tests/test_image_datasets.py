@@ -5,7 +5,7 @@ import pytest
 import torch as th
 from PIL import Image
 
-from _train_helpers import fashion_dir, load_fashion_module  # noqa: F401 (session fixture)
+from _train_helpers import load_fashion_module
 from guided_diffusion import dist_util, image_datasets, logger
 from guided_diffusion.image_datasets import center_crop_arr, load_data, random_crop_arr
 

@@ -12,8 +12,7 @@ import time
 import pytest
 import torch as th
 
-from _train_helpers import (MPIEXEC, PYTHON, REPO, TINY_CLASSIFIER, TINY_UNET, fashion_dir,  # noqa: F401
-                            read_progress, run_python, run_script, to_argv)
+from _train_helpers import PYTHON, REPO, TINY_CLASSIFIER, TINY_UNET, read_progress, run_python, run_script, to_argv
 
 # Wraps a script under MPI: runs its main(), then compares every rank's trained weights with rank 0's.
 REPLICA_CHECK = textwrap.dedent("""
@@ -44,7 +43,7 @@ def test_mpiexec_two_ranks_identical_replicas_and_files(tmp_path, fashion_dir):
                  save_interval=3, schedule_sampler="loss-second-moment", ema_rate="0.9999,0.99", dropout=0.1)
     log_dir = tmp_path / "log"
     argv = [REPO / "scripts" / "image_train.py", *to_argv(flags)]
-    out = run_python(wrapper, argv, log_dir, launcher=(MPIEXEC, "-n", "2"))
+    out = run_python([wrapper, *argv], ranks=2, env={"OPENAI_LOGDIR": str(log_dir)})
     diff = float(out.stdout.split("MAX_REPLICA_DIFF")[1].split()[0])
     assert diff == 0.0  # ranks start from different seeds: only the broadcast + all-reduce make them equal
     names = set(os.listdir(log_dir))
@@ -61,7 +60,7 @@ def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
     input (loss 1) and one that copies x_t as its eps guess (about 0.3 overall, about 0.8 for t < 250)."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=8,
                  lr=2e-3, max_steps=150, log_interval=10, save_interval=150, diffusion_steps=1000, ema_warmup=True)
-    run_script("image_train.py", flags, tmp_path)
+    run_script("image_train", flags, tmp_path)
     rows = read_progress(tmp_path)
     first, last = rows[0], rows[-1]
     assert last["step"] == 150 and first["loss"] > 0.5, first
@@ -77,13 +76,13 @@ def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
 def test_classifier_train_runs_on_cpu_evaluates_and_resumes(tmp_path, fashion_dir):
     flags = dict(TINY_CLASSIFIER, data_dir=fashion_dir, val_data_dir=fashion_dir, batch_size=8, iterations=4,
                  log_interval=2, eval_interval=2, save_interval=2, anneal_lr=True)
-    run_script("classifier_train.py", flags, tmp_path)
+    run_script("classifier_train", flags, tmp_path)
     row = read_progress(tmp_path)[-1]
     assert {"train_loss", "train_acc@1", "train_acc@5", "val_loss", "val_acc@1", "val_acc@5"} <= set(row)
     assert 0 <= row["val_acc@1"] <= row["val_acc@5"] <= 1
     assert {"model000004.pt", "opt000004.pt"} <= set(os.listdir(tmp_path))
     flags.update(iterations=6, resume_checkpoint=tmp_path / "model000004.pt")
-    run_script("classifier_train.py", flags, tmp_path)
+    run_script("classifier_train", flags, tmp_path)
     assert read_progress(tmp_path)[-1]["step"] == 6 and (tmp_path / "model000006.pt").exists()
 
 
@@ -92,7 +91,7 @@ def test_super_res_train_conditions_on_area_downsampled_images(tmp_path, fashion
     flags = dict(data_dir=fashion_dir, large_size=32, small_size=16, channel_mult="1,2", num_channels=32,
                  num_res_blocks=1, attention_resolutions="8", diffusion_steps=100, batch_size=2, max_steps=2,
                  log_interval=2)
-    run_script("super_res_train.py", flags, tmp_path)
+    run_script("super_res_train", flags, tmp_path)
     assert (tmp_path / "model000002.pt").exists() and read_progress(tmp_path)[-1]["loss"] > 0
 
 
@@ -100,7 +99,7 @@ def test_super_res_train_conditions_on_area_downsampled_images(tmp_path, fashion
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, fashion_dir, case):
     flags = dict(TINY_UNET, data_dir=fashion_dir, batch_size=2, max_steps=1, save_interval=1)
     if case == "other_flags":
-        run_script("image_train.py", flags, tmp_path / "first")
+        run_script("image_train", flags, tmp_path / "first")
         flags.update(num_channels=64, resume_checkpoint=tmp_path / "first" / "model000001.pt")
         expected = "--num_channels: checkpoint 32, now 64"
     elif case == "empty_dir":
@@ -114,7 +113,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, fashion_dir, case)
         flags["num_classes"] = 5
         expected = "the data has 10 classes .* pass --num_classes 10"
     before = sorted(os.listdir(tmp_path / "first")) if case == "other_flags" else None
-    result = run_script("image_train.py", flags, tmp_path / "log", expect_ok=False)
+    result = run_script("image_train", flags, tmp_path / "log", check=False)
     assert result.returncode != 0
     assert re.search(expected, result.stderr), result.stderr[-3000:]
     assert not any(n.endswith(".pt") for n in os.listdir(tmp_path / "log"))
@@ -125,11 +124,10 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, fashion_dir, case)
 def test_mpiexec_resume_is_exact(tmp_path, fashion_dir):
     """Two ranks: 2 steps + resume + 2 steps gives the same weights as 4 steps (per-rank RNG and data)."""
     flags = dict(TINY_UNET, data_dir=fashion_dir, batch_size=2, log_interval=2, save_interval=2, dropout=0.1)
-    mpi = (MPIEXEC, "-n", "2")
-    run_script("image_train.py", dict(flags, max_steps=4), tmp_path / "straight", launcher=mpi)
-    run_script("image_train.py", dict(flags, max_steps=2), tmp_path / "split", launcher=mpi)
-    run_script("image_train.py", dict(flags, max_steps=4, resume_checkpoint=tmp_path / "split" / "model000002.pt"),
-               tmp_path / "split", launcher=mpi)
+    run_script("image_train", dict(flags, max_steps=4), tmp_path / "straight", ranks=2)
+    run_script("image_train", dict(flags, max_steps=2), tmp_path / "split", ranks=2)
+    run_script("image_train", dict(flags, max_steps=4, resume_checkpoint=tmp_path / "split" / "model000002.pt"),
+               tmp_path / "split", ranks=2)
     for name in ["model000004.pt", "ema_0.9999_000004.pt"]:
         a = th.load(tmp_path / "straight" / name, weights_only=True)
         b = th.load(tmp_path / "split" / name, weights_only=True)

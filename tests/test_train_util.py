@@ -8,7 +8,6 @@ import pytest
 import torch as th
 import torch.nn as nn
 
-from _train_helpers import TINY_UNET, fashion_dir  # noqa: F401 (session fixture)
 from guided_diffusion import logger, train_state
 from guided_diffusion.checkpoint import CheckpointMismatchError
 from guided_diffusion.fp16_util import GRAD_OVERFLOW, NONFINITE_LOSS, STEP_TAKEN, MixedPrecisionTrainer
@@ -17,7 +16,7 @@ from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainingStopped, TrainLoop, ema_rate_at, log_loss_dict, seed_all, update_ema
 
-from _train_helpers import read_progress, tiny_loop
+from _train_helpers import TINY_UNET, read_progress, tiny_loop
 
 
 def make_loop(log_dir, data_dir, resume="", data=None, model_overrides=None, **options):
