@@ -59,6 +59,10 @@ class SweepConfig:
     guidance_scales: str = flag("", "classifier-free guidance scales W of the guided runs, comma-separated")
     guidance_sampler: Literal["ddpm", "ddim", "dpm++2m"] = flag("ddpm", "sampler of the guided runs")
     guidance_steps: int = flag(250, "step count of the guided runs")
+    spacing: Literal["even", "ddim"] = flag(
+        "even", 'how N steps are kept: "even" (--timestep_respacing N, from 0 to T-1) or "ddim" (ddimN: a fixed '
+        "stride from 0, which skips T-1: needed for classifier guidance under ddim / dpm++2m with the cosine schedule)"
+    )
     num_samples: int = flag(1000, "images per run")
     batch_size: int = flag(64, "images per sampling batch")
     seed: int = flag(0, "seed of the initial noise, labels and step noise (the same in every run)")
@@ -90,6 +94,11 @@ def _numbers(text, kind, flag_name):
         return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"--{flag_name} must be comma-separated numbers, got {text!r}") from None
+
+
+def respacing(steps, spacing):
+    """The --timestep_respacing of a run of `steps` steps: "N" (even sections) or "ddimN" (spacing "ddim")."""
+    return f"ddim{steps}" if spacing == "ddim" else str(steps)
 
 
 def plan_runs(config, model_config):
@@ -233,7 +242,8 @@ def main(argv=None):
     classifier = load_classifier(classifier_config, config.classifier_path, device)
     rows = []
     for run in runs:
-        diffusion = build_diffusion(dataclasses.replace(diffusion_config, timestep_respacing=str(run.steps)))
+        diffusion = build_diffusion(dataclasses.replace(diffusion_config,
+                                                        timestep_respacing=respacing(run.steps, config.spacing)))
         guides = guides_for(run, classifier, model)
         images, nfe, seconds = draw_samples(run, model, diffusion, guides, model_config, config, device)
         results = evaluate_images(images, reference, extractor, config.eval_batch_size, device)

@@ -92,6 +92,16 @@ def test_sweep_rejects_impossible_runs_before_any_work(extra, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_ddim_spacing_skips_the_last_timestep():
+    from guided_diffusion.build import build_diffusion
+    from guided_diffusion.config import DiffusionConfig
+
+    kept = {spacing: build_diffusion(DiffusionConfig(timestep_respacing=sweep.respacing(20, spacing))).timestep_map
+            for spacing in ("even", "ddim")}
+    assert sweep.respacing(20, "ddim") == "ddim20" and len(kept["even"]) == len(kept["ddim"]) == 20
+    assert max(kept["even"]) == 999 and max(kept["ddim"]) == 950
+
+
 def test_training_curves_from_progress_csv(tmp_path):
     log = CsvOutput(str(tmp_path / "progress.csv"))
     for step in range(0, 50, 10):
