@@ -63,7 +63,7 @@ def predict(judge, images, batch_size=1000):
 
 def accuracy(judge, images, labels):
     """Fraction of images [N, S, S(, C)] that the judge puts in their class labels [N]."""
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    labels = torch.as_tensor(np.array(labels), dtype=torch.int64)
     return (predict(judge, images) == labels).float().mean().item()
 
 

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/quickstart/$(date +%Y%m%d-%H%M%S)}
 STEPS=${STEPS:-1500}                        # diffusion model updates
-CLASSIFIER_STEPS=${CLASSIFIER_STEPS:-300}   # noisy classifier updates
+CLASSIFIER_STEPS=${CLASSIFIER_STEPS:-600}   # noisy classifier updates
 SAMPLES=${SAMPLES:-100}                     # samples per grid (classes 0-9 in turn)
 CLASSIFIER_SCALE=${CLASSIFIER_SCALE:-10}    # classifier guidance: scale of the classifier's gradient
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-4}         # classifier-free guidance W
