@@ -6,7 +6,7 @@
 #
 #   bash scripts/quickstart.sh                      # outputs in a new folder runs/quickstart/YYYYmmdd-HHMMSS
 #   RUN=runs/mine OVERWRITE=1 bash scripts/quickstart.sh
-#   STEPS=3000 CLASSIFIER_STEPS=600 SAMPLES=200 bash scripts/quickstart.sh
+#   STEPS=3000 CLASSIFIER_STEPS=1200 SAMPLES=200 bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/quickstart/$(date +%Y%m%d-%H%M%S)}
