@@ -133,3 +133,20 @@ def test_quickstart_classifier_free_guided_samples_show_the_requested_class(demo
 def test_quickstart_classifier_guided_samples_show_the_requested_class(demo_run):
     accuracy, _ = judged(demo_run[0] / "run")
     assert accuracy["classifier_guided"] >= 0.3, accuracy
+
+
+def test_classifier_free_guidance_beats_the_null_class_alone(demo_run, run_script):
+    """W = 4 (the demo's grid) against W = 0 (the model's unconditional branch) on the reduced demo's model,
+    the same noise and requested labels, judged by the clean judge."""
+    tmp_path, _ = demo_run
+    run = tmp_path / "run"
+    with open(run / "model" / "train_config.json") as f:
+        model_flags = json.load(f)["model_flags"]
+    model_path = sorted((run / "model").glob("ema_*.pt"))[-1]
+    flags = dict(model_flags, model_path=model_path, guidance_scale=0.0, sampler="ddpm", timestep_respacing=10,
+                 num_samples=50, batch_size=50, seed=0, class_labels="0,1,2,3,4,5,6,7,8,9")
+    run_script("image_sample", flags, tmp_path / "w0")
+    judge, _ = judge_module.load_or_train(str(tmp_path / "judge.pt"), 16)
+    unconditional, _ = judge_module.score_samples(judge, tmp_path / "w0" / "samples_50x16x16x3.npz")
+    guided, _ = judged(run)
+    assert guided["classifier_free_guided"] >= unconditional + 0.2, (guided, unconditional)
