@@ -76,6 +76,3 @@ class SpacedDiffusion(GaussianDiffusion):
 
     def _make_schedule(self, betas):
         return super()._make_schedule(betas).respaced(self.use_timesteps)
-
-    def _scale_timesteps(self, t):
-        return t  # as released: the model is called through the step -> original timestep map
