@@ -5,7 +5,8 @@ The guide API (see docs/guidance.md): a guide is a callable
     guide(x, t, prediction, **model_kwargs) -> gradient [N, C, H, W]
 
 x: x_t [N, C, H, W]; t: [N], the timesteps the model sees (original indices, scaled with
---rescale_timesteps); prediction: the model's unguided prediction, a dict of tensors shaped like x:
+--rescale_timesteps); prediction: the model's prediction before this guide (unguided, except that
+guides without on_model_output see it after the on_model_output guides' shift), a dict of tensors shaped like x:
 "eps" (noise), "pred_xstart" (x_0, clipped when clip_denoised), "alpha_bar" (alpha_bar_t, [N, 1, ...])
 and, when classifier-free guidance ran the unconditional branch, "eps_uncond"; model_kwargs: the
 model's keyword arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t).
