@@ -91,29 +91,28 @@ class Denoiser:
                 x_start = denoised_fn(x_start)
             return x_start.clamp(-1, 1) if clip_denoised else x_start
 
+        pred_xstart = finish(self.xstart(mean_output, x, t))
         if self.model_mean_type == ModelMeanType.PREVIOUS_X:
-            pred_xstart = finish(self.schedule.xstart_from_xprev(x, t, mean_output))
             mean = mean_output
         else:
-            pred_xstart = finish(self.xstart(mean_output, x, t))
             mean = self.schedule.posterior(pred_xstart, x, t)[0]
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
 
     def xstart(self, mean_output, x, t):
-        """The unclipped x_0 of an x_0 or eps prediction."""
+        """The unclipped x_0 of the model's mean channels."""
         if self.model_mean_type == ModelMeanType.START_X:
             return mean_output
         if self.model_mean_type == ModelMeanType.EPSILON:
             return self.schedule.xstart_from_eps(x, t, mean_output)
+        if self.model_mean_type == ModelMeanType.PREVIOUS_X:
+            return self.schedule.xstart_from_xprev(x, t, mean_output)
         raise NotImplementedError(self.model_mean_type)
 
     def eps(self, mean_output, x, t):
         """The (unclipped) noise prediction of the model's mean channels."""
         if self.model_mean_type == ModelMeanType.EPSILON:
             return mean_output
-        if self.model_mean_type == ModelMeanType.START_X:
-            return self.schedule.eps_from_xstart(x, t, mean_output)
-        return self.schedule.eps_from_xstart(x, t, self.schedule.xstart_from_xprev(x, t, mean_output))
+        return self.schedule.eps_from_xstart(x, t, self.xstart(mean_output, x, t))
 
     def from_eps(self, eps, x, t):
         """The model's mean channels that hold the noise prediction eps (inverse of `eps`)."""
