@@ -242,3 +242,16 @@ def test_classifier_free_guidance_drives_a_unet_with_a_null_class():
     conditional = draw(())
     assert th.allclose(draw(ClassifierFreeGuidance(1.0, model.null_class)), conditional, atol=1e-4)
     assert (draw(ClassifierFreeGuidance(4.0, model.null_class)) - conditional).abs().max() > 1e-2
+
+
+def test_classifier_free_guidance_on_a_previous_x_model_matches_plain_conditional_at_scale_1():
+    diffusion = SpacedDiffusion(
+        use_timesteps=space_timesteps(STEPS, "12"), betas=get_named_beta_schedule("linear", STEPS),
+        model_mean_type=ModelMeanType.PREVIOUS_X, model_var_type=ModelVarType.FIXED_SMALL, loss_type=LossType.MSE,
+    )
+    model = lambda x, t, y=None: 0.5 * x + 0.1 * y.view(-1, 1, 1, 1)  # noqa: E731
+    x, t, y = th.randn(2, 3, 4, 4), th.tensor([5, 5]), th.tensor([0, 1])
+    guided = GuidedDenoiser(diffusion.denoiser, model, [ClassifierFreeGuidance(1.0, NULL)], model_kwargs={"y": y})(x, t)
+    plain = diffusion.p_mean_variance(model, x, t, model_kwargs={"y": y})
+    assert th.allclose(guided["mean"], plain["mean"], atol=1e-5)
+    assert th.allclose(guided["pred_xstart"], plain["pred_xstart"], atol=1e-5)
