@@ -6,7 +6,7 @@ Logs the mean total bpd and its parts, and writes {vb,mse,xstart_mse}_terms.npz 
 `terms` [num_samples, T], one row per image, one column per timestep (the mean over rows is the
 per-timestep curve).
 
-    mpiexec -n 8 python scripts/image_nll.py --preset adm64_cond --model_path 64x64_diffusion.pt \
+    mpiexec -n 8 python scripts/image_nll.py --preset adm64_cond --model_path 64x64_diffusion.pt \\
         --data_dir imagenet64_val --num_samples 1000
 """
 
