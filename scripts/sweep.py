@@ -27,6 +27,7 @@ import torch as th
 
 from evaluations import evaluator, plots
 from evaluations.features import PixelFeatures
+from evaluations.npz_io import BatchFileError
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
 from guided_diffusion.build import build_diffusion
@@ -237,7 +238,10 @@ def main(argv=None):
     device = "cuda" if th.cuda.is_available() else "cpu"
     os.makedirs(config.out_dir, exist_ok=True)
     extractor = feature_extractor(config, device)
-    reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
+    try:
+        reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
+    except BatchFileError as error:  # missing, damaged or wrong-sized reference: a usage error, as in evaluator.py
+        parser.error(str(error))
     model = load_model(model_config, diffusion_config, config.model_path, device)
     classifier = load_classifier(classifier_config, config.classifier_path, device)
     rows = []
