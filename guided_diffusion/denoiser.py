@@ -1,7 +1,7 @@
 """The denoiser: a model's output at x_t turned into the reverse process's predictions (x_0, eps, and
 the mean and variance of p(x_{t-1} | x_t)) for one schedule and one parameterisation.
 
-Every sampler, loss and guide reads the model through this one place.
+Every sampler, loss and guide reads the model's output through this one place.
 """
 
 import enum
@@ -34,34 +34,20 @@ class ModelVarType(enum.Enum):
 
 
 class Denoiser:
-    """Predictions of the reverse process from a model's output.
+    """Predictions of the reverse process from a model's output at steps t of a schedule.
 
     schedule: a schedules.Schedule. model_mean_type, model_var_type: what the output channels hold.
-    rescale_timesteps: the model sees t * 1000 / T (float) instead of the integer original timestep.
+    (Calling the model, with the timesteps it sees, is GaussianDiffusion.p_mean_variance's job.)
     """
 
-    def __init__(self, schedule, model_mean_type, model_var_type, rescale_timesteps=False):
+    def __init__(self, schedule, model_mean_type, model_var_type):
         self.schedule = schedule
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
-        self.rescale_timesteps = rescale_timesteps
 
     @property
     def learns_variance(self):
         return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
-
-    def model_timesteps(self, t):
-        """The timesteps the model sees for steps t [N] of the schedule: the original indices, scaled
-        to [0, 1000) with rescale_timesteps."""
-        original = self.schedule.original_timesteps(t)
-        if self.rescale_timesteps:
-            return original.float() * (1000.0 / self.schedule.original_num_steps)
-        return original
-
-    def __call__(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None):
-        """Run model(x, model timesteps, **model_kwargs) and return predict()'s dict."""
-        output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
-        return self.predict(output, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn)
 
     def split(self, output, x):
         """output [N, C or 2C, ...] -> (mean channels [N, C, ...], variance channels or None)."""
@@ -86,17 +72,19 @@ class Denoiser:
         mean_output, variance_output = self.split(output, x)
         variance, log_variance = self.variance(variance_output, x, t)
 
-        def finish(x_start):
-            if denoised_fn is not None:
-                x_start = denoised_fn(x_start)
-            return x_start.clamp(-1, 1) if clip_denoised else x_start
-
-        pred_xstart = finish(self.xstart(mean_output, x, t))
+        pred_xstart = self.finish_xstart(self.xstart(mean_output, x, t), clip_denoised, denoised_fn)
         if self.model_mean_type == ModelMeanType.PREVIOUS_X:
             mean = mean_output
         else:
             mean = self.schedule.posterior(pred_xstart, x, t)[0]
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
+
+    @staticmethod
+    def finish_xstart(x_start, clip_denoised=True, denoised_fn=None):
+        """x_0 as the samplers use it: denoised_fn (if given), then clamped to [-1, 1] if clip_denoised."""
+        if denoised_fn is not None:
+            x_start = denoised_fn(x_start)
+        return x_start.clamp(-1, 1) if clip_denoised else x_start
 
     def xstart(self, mean_output, x, t):
         """The unclipped x_0 of the model's mean channels."""

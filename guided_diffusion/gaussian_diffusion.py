@@ -20,6 +20,8 @@ from .guidance import GuidedDenoiser, as_guides, shift_mean, shift_score
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .schedules import Schedule, betas_for_alpha_bar, gather, get_named_beta_schedule
 
+_extract_into_tensor = gather  # the release's name: table [T] at timesteps t [N], float32, broadcast to a shape
+
 __all__ = [
     "GaussianDiffusion", "LossType", "ModelMeanType", "ModelVarType", "betas_for_alpha_bar",
     "get_named_beta_schedule",
@@ -59,11 +61,14 @@ class GaussianDiffusion:
         self.model_var_type = model_var_type
         self.loss_type = loss_type
         self.rescale_timesteps = rescale_timesteps
-        self.schedule = self._make_schedule(betas)
-        self.denoiser = Denoiser(self.schedule, model_mean_type, model_var_type, rescale_timesteps)
+        self._set_schedule(self._make_schedule(betas))
 
     def _make_schedule(self, betas):
         return Schedule(betas)
+
+    def _set_schedule(self, schedule):
+        self.schedule = schedule
+        self.denoiser = Denoiser(schedule, self.model_mean_type, self.model_var_type)
 
     def __getattr__(self, name):
         if name in _SCHEDULE_ATTRIBUTES and "schedule" in vars(self):
@@ -95,17 +100,19 @@ class GaussianDiffusion:
         return self.schedule.posterior(x_start, x_t, t)
 
     # ----------------------------------------------------------------------------------------
-    # Reverse process p (see denoiser.Denoiser)
+    # Reverse process p (see denoiser.Denoiser). Every sampler and loss reads the model through
+    # p_mean_variance (and _scale_timesteps), guidance through condition_mean / condition_score: a
+    # subclass that overrides them changes every sampler, as in the release.
 
     def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None):
         """Apply the model to get p(x_{t-1} | x_t) and the predicted x_0.
 
-        model(x, timesteps, **model_kwargs) -> [N, C or 2C, ...]. clip_denoised clamps the predicted
-        x_0 to [-1, 1]; denoised_fn, if given, is applied to it before clamping.
+        model(x, self._scale_timesteps(t), **model_kwargs) -> [N, C or 2C, ...]. clip_denoised clamps
+        the predicted x_0 to [-1, 1]; denoised_fn, if given, is applied to it before clamping.
         Returns a dict of tensors shaped like x: "mean", "variance", "log_variance", "pred_xstart".
         """
-        return self.denoiser(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                             model_kwargs=model_kwargs)
+        output = model(x, self._scale_timesteps(t), **(model_kwargs or {}))
+        return self.denoiser.predict(output, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn)
 
     def _fixed_variance(self):
         return self.denoiser.fixed_variance()
@@ -121,34 +128,37 @@ class GaussianDiffusion:
 
     def _scale_timesteps(self, t):
         """The timesteps the model sees: t, or t * 1000 / T as float with rescale_timesteps."""
-        return self.denoiser.model_timesteps(t)
+        if self.rescale_timesteps:
+            return t.float() * (1000.0 / self.num_timesteps)
+        return t
 
     # ----------------------------------------------------------------------------------------
     # Classifier guidance. cond_fn(x, t, **model_kwargs) -> grad_x log p(y | x_t) (times the scale),
     # called with the timesteps the model sees. See guidance.py for the general guide API.
 
     def condition_mean(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
-        """Guided DDPM mean: mean + variance * grad (Sohl-Dickstein et al.; Dhariwal & Nichol Alg. 1)."""
-        return shift_mean(p_mean_var, self._guide_gradient(cond_fn, x, t, model_kwargs))
+        """Guided DDPM mean: mean + variance * grad (Sohl-Dickstein et al.; Dhariwal & Nichol Alg. 1).
+
+        Returns the new mean [N, ...] (float32)."""
+        return shift_mean(p_mean_var, cond_fn(x, self._scale_timesteps(t), **(model_kwargs or {})))
 
     def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
         """Guided score for DDIM (Dhariwal & Nichol Alg. 2): eps <- eps - sqrt(1 - alpha_bar_t) * grad.
 
         Returns a copy of p_mean_var with "pred_xstart" and "mean" recomputed from the new eps.
         """
-        return shift_score(self.schedule, p_mean_var, x, t, self._guide_gradient(cond_fn, x, t, model_kwargs))
-
-    def _guide_gradient(self, cond_fn, x, t, model_kwargs):
-        return cond_fn(x, self.denoiser.model_timesteps(t), **(model_kwargs or {}))
+        gradient = cond_fn(x, self._scale_timesteps(t), **(model_kwargs or {}))
+        return shift_score(self.schedule, p_mean_var, x, t, gradient)
 
     # ----------------------------------------------------------------------------------------
     # Samplers (see samplers.py). Steps return {"sample": x_{t-1}, "pred_xstart": x_0 estimate}.
     # noise_fn(x) -> a standard normal tensor like x; every random draw goes through it (default
-    # th.randn_like, which reproduces the release's random stream).
+    # th.randn_like, which reproduces the release's random stream). The loops call p_sample and
+    # ddim_sample at every step, so that a subclass overriding those changes the loops too.
 
     def _bind(self, model, cond_fn, on, clip_denoised, denoised_fn, model_kwargs):
         """The guided denoiser the sampler steps call."""
-        return GuidedDenoiser(self.denoiser, model, as_guides(cond_fn=cond_fn), on=on, clip_denoised=clip_denoised,
+        return GuidedDenoiser(self, model, as_guides(cond_fn=cond_fn), on=on, clip_denoised=clip_denoised,
                               denoised_fn=denoised_fn, model_kwargs=model_kwargs)
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
@@ -183,10 +193,11 @@ class GaussianDiffusion:
                                   cond_fn=None, model_kwargs=None, device=None, progress=False,
                                   noise_fn=th.randn_like):
         """Like p_sample_loop, but yields every step's p_sample dict, from t = T - 1 down to 0."""
-        return samplers.sample_steps(
-            self, model, shape, sampler="ddpm", cond_fn=cond_fn, noise=noise, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, model_kwargs=model_kwargs, device=device, progress=progress,
-            noise_fn=noise_fn)
+        def step(x, t):
+            return self.p_sample(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                 cond_fn=cond_fn, model_kwargs=model_kwargs, noise_fn=noise_fn)
+
+        return self._loop(step, model, shape, noise, device, progress, noise_fn)
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                          model_kwargs=None, device=None, progress=False, eta=0.0, noise_fn=th.randn_like):
@@ -199,10 +210,17 @@ class GaussianDiffusion:
                                      cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0,
                                      noise_fn=th.randn_like):
         """Like ddim_sample_loop, but yields every step's ddim_sample dict."""
-        return samplers.sample_steps(
-            self, model, shape, sampler="ddim", cond_fn=cond_fn, noise=noise, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, model_kwargs=model_kwargs, device=device, progress=progress,
-            noise_fn=noise_fn, eta=eta)
+        def step(x, t):
+            return self.ddim_sample(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                    cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, noise_fn=noise_fn)
+
+        return self._loop(step, model, shape, noise, device, progress, noise_fn)
+
+    def _loop(self, step, model, shape, noise, device, progress, noise_fn):
+        """Yield step(x_t, t) from t = T - 1 down to 0 without gradients, x_T = noise or noise_fn(empty)."""
+        x = samplers.initial_noise(model, shape, noise, device, noise_fn)
+        steps = samplers.markov_chain(step, x, range(self.num_timesteps - 1, -1, -1))
+        return samplers.without_grad(samplers.with_progress(steps, self.num_timesteps, progress))
 
     # ----------------------------------------------------------------------------------------
     # Losses and the variational bound
@@ -243,7 +261,7 @@ class GaussianDiffusion:
         if self.loss_type not in (LossType.MSE, LossType.RESCALED_MSE):
             raise NotImplementedError(self.loss_type)
 
-        output = model(x_t, self.denoiser.model_timesteps(t), **model_kwargs)
+        output = model(x_t, self._scale_timesteps(t), **model_kwargs)
         mean_output, variance_output = self.denoiser.split(output, x_t)
         terms = {"mse": mean_flat((self._mse_target(x_start, x_t, t, noise) - mean_output) ** 2)}
         if variance_output is None:

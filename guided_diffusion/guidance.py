@@ -6,19 +6,30 @@ The guide API (see docs/guidance.md): a guide is a callable
 
 x: x_t [N, C, H, W]; t: [N], the timesteps the model sees (original indices, scaled with
 --rescale_timesteps); prediction: the model's prediction before this guide (unguided, except that
-guides without on_model_output see it after the on_model_output guides' shift), a dict of tensors shaped like x:
-"eps" (noise), "pred_xstart" (x_0, clipped when clip_denoised), "alpha_bar" (alpha_bar_t, [N, 1, ...])
-and, when classifier-free guidance ran the unconditional branch, "eps_uncond"; model_kwargs: the
-model's keyword arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t).
+guides without on_model_output see it after the on_model_output guides' shift), a mapping of tensors
+shaped like x: "eps" (noise), "pred_xstart" (x_0, clipped when clip_denoised), "alpha_bar" (alpha_bar_t,
+[N, 1, ...]) and, when a guide declares null_class, "eps_uncond"; model_kwargs: the model's keyword
+arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t).
 
-The gradient enters the sampler as released: DDPM adds variance * gradient to the mean
-(`shift_mean`); DDIM and DPM-Solver++ replace eps by eps - sqrt(1 - alpha_bar_t) * gradient
-(`shift_score`), eps read from the clipped x_0. A guide with `on_model_output = True` (classifier-free
-guidance) instead shifts the model's raw noise prediction, before x_0 is derived and clipped, under
-every sampler (as GLIDE and DiT combine eps); its prediction's "pred_xstart" is then unclipped. A
-plain function is a guide too.
+Where the gradient enters is the release's: DDPM adds variance * gradient to the mean
+(`GaussianDiffusion.condition_mean`); the other samplers replace eps by eps - sqrt(1 - alpha_bar_t) *
+gradient (`condition_score`), eps read from the clipped x_0. A guide's class attributes change that:
+
+- on_model_output = True: it shifts the model's raw noise prediction, before x_0 is derived and
+  clipped, under every sampler (classifier-free guidance); its prediction's "pred_xstart" is unclipped.
+- through_model = True: its prediction's "pred_xstart" is x0_hat(x_t) with a gradient path to x (x
+  requires grad and the model ran under enable_grad for that step), so the guide can differentiate a
+  loss on the clean image through the network (DPS, FreeDoM, Universal Guidance). Plain sampling and
+  other guides run without gradients.
+- after_step = True: its output is added as it is to the sampler's x_{t-1} (DPS's correction
+  x_{t-1} = x'_{t-1} - zeta grad ||y - A(x0_hat)||) instead of entering the mean or the score.
+- null_class = a label: the model also runs the unconditional branch (labels null_class) in the same
+  batched forward, and "eps_uncond" is in the guides' prediction.
+
+A plain function is a guide too (all attributes off).
 """
 
+import contextlib
 import functools
 import operator
 
@@ -33,8 +44,6 @@ class ClassifierGuidance:
 
     classifier(x [N, C, H, W], t [N]) -> logits [N, K]; the target y comes from model_kwargs["y"].
     """
-
-    on_model_output = False
 
     def __init__(self, classifier, scale):
         self.classifier = classifier
@@ -79,8 +88,6 @@ class ClassifierFreeGuidance:
 class CondFnGuidance:
     """The release's cond_fn(x, t, **model_kwargs) -> scaled gradient, as a guide."""
 
-    on_model_output = False
-
     def __init__(self, cond_fn):
         self.cond_fn = cond_fn
 
@@ -88,9 +95,62 @@ class CondFnGuidance:
         return self.cond_fn(x, t, **model_kwargs)
 
 
+class CleanImageGuidance:
+    """Guidance by any differentiable loss of the clean image (FreeDoM, Universal Guidance; the paper's
+    "semantic guidance" with any model): x_{t-1} = x'_{t-1} - scale * grad_{x_t} loss(x0_hat(x_t)).
+
+    loss(x0 [N, C, H, W], **model_kwargs) -> [N], one value per sample (lower is better), e.g.
+    `clean_classifier_loss(classifier)`. The gradient is taken through the network (through_model).
+    """
+
+    through_model = True
+    after_step = True
+
+    def __init__(self, loss, scale):
+        self.loss = loss
+        self.scale = scale
+
+    def __call__(self, x, t, prediction, **model_kwargs):
+        values = self.loss(prediction["pred_xstart"], **model_kwargs)
+        if values.shape != (x.shape[0],):
+            raise ValueError(
+                f"a guidance loss must return one value per sample, shape ({x.shape[0]},), got {tuple(values.shape)}: "
+                "reduce over every dimension but the batch (e.g. .flatten(1).sum(1))"
+            )
+        return -self.scale * th.autograd.grad(values.sum(), x, retain_graph=True)[0]
+
+
+class MeasurementGuidance(CleanImageGuidance):
+    """DPS (Chung et al. 2023) for a measurement y = A(x_0) + n: x_{t-1} = x'_{t-1} - zeta *
+    grad_{x_t} ||y - A(x0_hat(x_t))||_2 per sample (the norm itself, not its square, as the authors' code).
+
+    forward: A, a callable x [N, C, H, W] -> y (e.g. an operators.py operator's `A`); measurement: y.
+    """
+
+    def __init__(self, forward, measurement, zeta):
+        super().__init__(self._residual_norm, zeta)
+        self.forward = forward
+        self.measurement = measurement
+
+    def _residual_norm(self, x0, **model_kwargs):
+        return (self.measurement - self.forward(x0)).flatten(1).norm(dim=1)
+
+
+def clean_classifier_loss(classifier):
+    """loss(x0, y) = -log softmax(classifier(x0))[y] for a classifier of clean images: logits [N, K]."""
+
+    def loss(x0, y=None, **model_kwargs):
+        if y is None:
+            raise ValueError("guidance by a clean classifier needs target labels: pass model_kwargs['y']")
+        log_probs = F.log_softmax(classifier(x0).float(), dim=-1)
+        return -log_probs[th.arange(len(y)), y.view(-1)]
+
+    return loss
+
+
 def as_guides(guidance=(), cond_fn=None):
-    """A tuple of guides from a guide, a sequence of guides and/or a release-style cond_fn."""
-    guides = (guidance,) if callable(guidance) else tuple(guidance)
+    """A tuple of guides from None, a guide, a sequence of guides and/or a release-style cond_fn."""
+    guides = () if guidance is None else (guidance,) if callable(guidance) else tuple(guidance)
     return guides + ((CondFnGuidance(cond_fn),) if cond_fn is not None else ())
 
 
@@ -113,48 +173,125 @@ def shift_score(schedule, prediction, x, t, gradient):
     return guided
 
 
-class GuidedDenoiser:
-    """denoise(x, t) -> {"mean", "variance", "log_variance", "pred_xstart"}: a model bound to a
-    denoiser.Denoiser, with guides applied. What samplers call.
+class GuideInputs(dict):
+    """The prediction a guide reads; a missing "eps_uncond" says what a guide must declare to get it."""
 
-    guides: guide callables (above); on: "mean" (DDPM) or "score" (DDIM, DPM-Solver++), where guides
-    without on_model_output act. model_kwargs go to the model and to every guide.
+    def __missing__(self, key):
+        if key == "eps_uncond":
+            raise KeyError(
+                "prediction['eps_uncond'] exists only when a guide declares null_class (the label of the "
+                "unconditional branch, e.g. model.null_class): set null_class on your guide"
+            )
+        raise KeyError(f"{key!r}: a guide's prediction holds {', '.join(self)}")
+
+
+class GuidedDenoiser:
+    """denoise(x, t) -> {"mean", "variance", "log_variance", "pred_xstart"[, "sample_shift"]}: a model
+    bound to a diffusion, with guides applied. What samplers call.
+
+    diffusion: a GaussianDiffusion (its p_mean_variance, condition_mean and condition_score are used,
+    so a subclass's overrides take effect); guides: guide callables (above); on: "mean" (DDPM) or
+    "score" (the other samplers), where guides without on_model_output / after_step act;
+    reclip_guided: clip x_0 again (denoised_fn, then clip_denoised) after a score guide's shift.
+    model_kwargs go to the model and to every guide. "sample_shift", when after_step guides exist, is
+    what the sampler adds to its x_{t-1}.
+
+    denoise.predict(x, t) and denoise.guide(*...) are the two halves of a call, so that a sampler can
+    draw random numbers between them (DDPM draws its noise before the guides, as the release does).
     """
 
-    def __init__(self, denoiser, model, guides=(), *, on="score", clip_denoised=True, denoised_fn=None,
-                 model_kwargs=None):
+    def __init__(self, diffusion, model, guides=(), *, on="score", clip_denoised=True, denoised_fn=None,
+                 model_kwargs=None, reclip_guided=False):
         if on not in ("mean", "score"):
             raise ValueError(f"guidance acts on the 'mean' or the 'score', got {on!r}")
-        self.denoiser = denoiser
-        self.schedule = denoiser.schedule
+        self.diffusion = diffusion
+        self.schedule = diffusion.schedule
+        self.denoiser = diffusion.denoiser
         self.model = model
         self.clip_denoised = clip_denoised
         self.denoised_fn = denoised_fn
         self.model_kwargs = model_kwargs or {}
-        self.output_guides = [g for g in guides if getattr(g, "on_model_output", False)]
-        others = [g for g in guides if not getattr(g, "on_model_output", False)]
+        self.reclip_guided = reclip_guided
+        self.guides = tuple(guides)
+        for guide in self.guides:
+            if _declares(guide, "on_model_output") and _declares(guide, "after_step"):
+                raise ValueError(f"{type(guide).__name__} declares both on_model_output and after_step: choose one")
+        self.output_guides = [g for g in self.guides if _declares(g, "on_model_output")]
+        self.step_guides = [g for g in self.guides if _declares(g, "after_step")]
+        others = [g for g in self.guides if g not in self.output_guides + self.step_guides]
         self.score_guides = others if on == "score" else []
         self.mean_guides = others if on == "mean" else []
-        null_classes = {g.null_class for g in guides if isinstance(g, ClassifierFreeGuidance)}
+        self.through_model = any(_declares(g, "through_model") for g in self.guides)
+        null_classes = {g.null_class for g in self.guides if getattr(g, "null_class", None) is not None}
         if len(null_classes) > 1:
             raise ValueError(f"one classifier-free guide at a time, got null classes {sorted(null_classes)}")
         self.null_class = null_classes.pop() if null_classes else None
 
-    def __call__(self, x, t):
-        output, uncond_output = self._forward(x, t)
+    def over(self, diffusion):
+        """This denoiser bound to another diffusion (e.g. the same one over more timesteps)."""
+        rebound = object.__new__(GuidedDenoiser)
+        rebound.__dict__.update(self.__dict__, diffusion=diffusion, schedule=diffusion.schedule,
+                                denoiser=diffusion.denoiser)
+        return rebound
+
+    def __call__(self, x, t, after_step=True):
+        """The guided prediction at x_t, steps t [N]; after_step=False skips the after_step guides."""
+        return self.guide(*self.predict(x, t), after_step=after_step)
+
+    def predict(self, x, t):
+        """(p_mean_variance's prediction at x_t with the on_model_output guides applied, what guide() needs)."""
+        x_in = x.detach().requires_grad_(True) if self.through_model else x
+        seen = {}
+        with th.enable_grad() if self.through_model else contextlib.nullcontext():
+            prediction = self.diffusion.p_mean_variance(
+                functools.partial(self._model_output, t=t, seen=seen), x_in, t, clip_denoised=self.clip_denoised,
+                denoised_fn=self.denoised_fn, model_kwargs=self.model_kwargs)
+        return prediction, (x_in, t, seen)
+
+    def guide(self, prediction, context, after_step=True):
+        """The prediction with the score / mean guides applied, and "sample_shift" from the after_step ones."""
+        x, t, seen = context
+        if not self.guides:
+            return prediction
+        with th.enable_grad() if self.through_model else contextlib.nullcontext():
+            inputs = self._guide_inputs(seen, x, t, prediction["pred_xstart"])
+            if self.score_guides:
+                prediction = self.diffusion.condition_score(self._cond_fn(self.score_guides, inputs), prediction, x,
+                                                            t, model_kwargs=self.model_kwargs)
+                if self.reclip_guided:
+                    prediction = self._reclipped(prediction, x, t)
+            if self.mean_guides:
+                mean = self.diffusion.condition_mean(self._cond_fn(self.mean_guides, inputs), prediction, x, t,
+                                                     model_kwargs=self.model_kwargs)
+                prediction = dict(prediction, mean=mean)
+            if self.step_guides and after_step:
+                prediction = dict(prediction, sample_shift=self._total(self.step_guides, x, seen["t"], inputs))
+        return {name: value.detach() for name, value in prediction.items()}
+
+    def _model_output(self, x, model_t, t, seen, **model_kwargs):
+        """The model's output at (x, model_t) as p_mean_variance reads it: both branches in one forward
+        when a guide has a null class, the on_model_output guides' shift of the raw eps applied."""
+        output, uncond_output = self._forward(x, model_t, model_kwargs)
+        seen.update(t=model_t, uncond_eps=None if uncond_output is None else self._eps(uncond_output, x, t))
         if self.output_guides:
-            raw = {"pred_xstart": self.denoiser.xstart(self.denoiser.split(output, x)[0], x, t)}
-            gradient = self._gradient(self.output_guides, x, t, output, uncond_output, raw)
-            output = self._shift_output(output, x, t, gradient)
-        prediction = self.denoiser.predict(output, x, t, clip_denoised=self.clip_denoised,
-                                           denoised_fn=self.denoised_fn)
-        if self.score_guides:
-            gradient = self._gradient(self.score_guides, x, t, output, uncond_output, prediction)
-            prediction = shift_score(self.schedule, prediction, x, t, gradient)
-        if self.mean_guides:
-            gradient = self._gradient(self.mean_guides, x, t, output, uncond_output, prediction)
-            prediction = dict(prediction, mean=shift_mean(prediction, gradient))
-        return prediction
+            raw = self.denoiser.xstart(self.denoiser.split(output, x)[0], x, t)
+            inputs = self._guide_inputs(dict(seen, eps=self._eps(output, x, t)), x, t, raw)
+            output = self._shift_output(output, x, t, self._total(self.output_guides, x, model_t, inputs))
+        seen["eps"] = self._eps(output, x, t)
+        return output
+
+    def _forward(self, x, model_t, model_kwargs):
+        """The model output at (x, model_t), and the unconditional branch's (or None) from the same forward."""
+        if self.null_class is None:
+            return self.model(x, model_t, **model_kwargs), None
+        y = model_kwargs.get("y")
+        if y is None:
+            raise ValueError("classifier-free guidance needs class labels: pass model_kwargs['y']")
+        n = x.shape[0]
+        doubled = {k: th.cat([v, v]) if _is_batched(v, n) else v for k, v in model_kwargs.items()}
+        doubled["y"] = th.cat([y, th.full_like(y, self.null_class)])
+        both = self.model(th.cat([x, x]), th.cat([model_t, model_t]), **doubled)
+        return both.chunk(2)
 
     def _shift_output(self, output, x, t, gradient):
         """The model output with its raw eps replaced by eps - sqrt(1 - alpha_bar_t) * gradient."""
@@ -164,30 +301,36 @@ class GuidedDenoiser:
         mean_output = self.denoiser.from_eps(guided_eps, x, t)
         return mean_output if variance_output is None else th.cat([mean_output, variance_output], dim=1)
 
-    def _forward(self, x, t):
-        """The model output at (x, t), and the unconditional branch's (or None) from the same forward."""
-        model_t = self.denoiser.model_timesteps(t)
-        if self.null_class is None:
-            return self.model(x, model_t, **self.model_kwargs), None
-        y = self.model_kwargs.get("y")
-        if y is None:
-            raise ValueError("classifier-free guidance needs class labels: pass model_kwargs['y']")
-        doubled = {k: th.cat([v, v]) if th.is_tensor(v) else v for k, v in self.model_kwargs.items()}
-        doubled["y"] = th.cat([y, th.full_like(y, self.null_class)])
-        both = self.model(th.cat([x, x]), th.cat([model_t, model_t]), **doubled)
-        return both.chunk(2)
+    def _guide_inputs(self, seen, x, t, pred_xstart):
+        """What a guide reads: eps, pred_xstart, alpha_bar [N, 1, ...] and, with a null class, eps_uncond."""
+        inputs = GuideInputs(
+            eps=seen["eps"], pred_xstart=pred_xstart,
+            alpha_bar=gather(self.schedule.alphas_cumprod, t, (x.shape[0],) + (1,) * (x.dim() - 1)),
+        )
+        if seen["uncond_eps"] is not None:
+            inputs["eps_uncond"] = seen["uncond_eps"]
+        return inputs
 
-    def _gradient(self, guides, x, t, output, uncond_output, prediction):
-        """The sum of the guides' gradients at x_t."""
-        unguided = {
-            "eps": self._eps(output, x, t),
-            "pred_xstart": prediction["pred_xstart"],
-            "alpha_bar": gather(self.schedule.alphas_cumprod, t, (x.shape[0],) + (1,) * (x.dim() - 1)),
-        }
-        if uncond_output is not None:
-            unguided["eps_uncond"] = self._eps(uncond_output, x, t)
-        model_t = self.denoiser.model_timesteps(t)
-        return functools.reduce(operator.add, [g(x, model_t, unguided, **self.model_kwargs) for g in guides])
+    def _cond_fn(self, guides, inputs):
+        """The guides as one release-style cond_fn(x, t, **model_kwargs), for condition_mean / condition_score."""
+        return lambda x, model_t, **model_kwargs: self._total(guides, x, model_t, inputs)
+
+    def _total(self, guides, x, model_t, inputs):
+        return functools.reduce(operator.add, [g(x, model_t, inputs, **self.model_kwargs) for g in guides])
+
+    def _reclipped(self, prediction, x, t):
+        """x_0 finished again (denoised_fn, clip) after a score shift, and the mean recomputed from it."""
+        pred_xstart = self.denoiser.finish_xstart(prediction["pred_xstart"], self.clip_denoised, self.denoised_fn)
+        return dict(prediction, pred_xstart=pred_xstart, mean=self.schedule.posterior(pred_xstart, x, t)[0])
 
     def _eps(self, output, x, t):
         return self.denoiser.eps(self.denoiser.split(output, x)[0], x, t)
+
+
+def _declares(guide, attribute):
+    return bool(getattr(guide, attribute, False))
+
+
+def _is_batched(value, n):
+    """A model keyword that holds one row per sample (doubled for the unconditional branch)."""
+    return th.is_tensor(value) and value.dim() > 0 and value.shape[0] == n

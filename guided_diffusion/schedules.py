@@ -51,10 +51,11 @@ class Schedule:
     """The float64 tables of a diffusion with the given betas, under the release's attribute names.
 
     betas: [T] in (0, 1]. timestep_map: for a respaced schedule, the original timestep of each of its
-    steps (None: the steps are the original ones); original_num_steps: T of the original process.
+    steps (None: the steps are the original ones); original_num_steps: T of the original process;
+    original_alphas_cumprod: its alpha_bar table [original_num_steps] (None: this schedule's own).
     """
 
-    def __init__(self, betas, timestep_map=None, original_num_steps=None):
+    def __init__(self, betas, timestep_map=None, original_num_steps=None, original_alphas_cumprod=None):
         betas = np.array(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError("betas must be a 1-D array with every value in (0, 1]")
@@ -70,6 +71,7 @@ class Schedule:
         self.alphas_cumprod = alpha_bar
         self.alphas_cumprod_prev = alpha_bar_prev
         self.alphas_cumprod_next = np.append(alpha_bar[1:], 0.0)
+        self.original_alphas_cumprod = alpha_bar if original_alphas_cumprod is None else original_alphas_cumprod
 
         # q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t), and its inversion x_0(x_t, eps)
         self.sqrt_alphas_cumprod = np.sqrt(alpha_bar)
@@ -86,20 +88,19 @@ class Schedule:
         self.posterior_mean_coef2 = (1.0 - alpha_bar_prev) * np.sqrt(alphas) / one_minus
 
     def respaced(self, use_timesteps):
-        """The schedule over the kept original timesteps: the kept alpha_bar values stay, the betas
-        between them follow (beta'_k = 1 - alpha_bar[s_k] / alpha_bar[s_{k-1}])."""
+        """The schedule over the kept steps (indices of this schedule): the kept alpha_bar values stay,
+        the betas between them follow (beta'_k = 1 - alpha_bar[s_k] / alpha_bar[s_{k-1}])."""
         use_timesteps = set(use_timesteps)
         kept = [i for i in range(self.num_timesteps) if i in use_timesteps]
         kept_alpha_bar = self.alphas_cumprod[kept]
         betas = 1 - kept_alpha_bar / np.append(1.0, kept_alpha_bar[:-1])
-        return Schedule(betas, timestep_map=kept, original_num_steps=self.num_timesteps)
+        original = self.original_steps()
+        return Schedule(betas, timestep_map=[original[i] for i in kept], original_num_steps=self.original_num_steps,
+                        original_alphas_cumprod=self.original_alphas_cumprod)
 
-    def original_timesteps(self, t):
-        """t [N] (long, steps of this schedule) -> the original process's timesteps [N]."""
-        if self.timestep_map is None:
-            return t
-        return th.tensor(self.timestep_map, device=t.device, dtype=t.dtype)[t]
-
+    def original_steps(self):
+        """The original timestep of each step of this schedule: a list of ints [T]."""
+        return list(range(self.num_timesteps)) if self.timestep_map is None else list(self.timestep_map)
 
     # Conversions between x_t, x_0, eps and the posterior, per example at timesteps t [N]; x: [N, ...].
 
