@@ -1,5 +1,7 @@
 """Models and diffusions built from the typed configuration (config.py)."""
 
+import numpy as np
+
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .schedules import get_named_beta_schedule
@@ -120,9 +122,10 @@ def build_diffusion(config, sigma_small=False):
         loss_type = gd.LossType.RESCALED_MSE if config.rescale_learned_sigmas else gd.LossType.MSE
     fixed_variance = gd.ModelVarType.FIXED_SMALL if sigma_small else gd.ModelVarType.FIXED_LARGE
     steps = config.diffusion_steps
+    betas = get_named_beta_schedule(config.noise_schedule, steps)
     return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, config.timestep_respacing or [steps]),
-        betas=get_named_beta_schedule(config.noise_schedule, steps),
+        use_timesteps=space_timesteps(steps, config.timestep_respacing or [steps], alphas_cumprod=np.cumprod(1 - betas)),
+        betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if config.predict_xstart else gd.ModelMeanType.EPSILON,
         model_var_type=gd.ModelVarType.LEARNED_RANGE if config.learn_sigma else fixed_variance,
         loss_type=loss_type,

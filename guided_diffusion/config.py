@@ -147,16 +147,34 @@ class InferenceConfig:
 
 
 @dataclass
-class SampleConfig(InferenceConfig):
+class SamplerConfig:
+    """The sampler and its options (each option applies to the samplers named in its help)."""
+
+    use_ddim: bool = flag(False, "the release's switch for --sampler ddim")
+    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "heun"] = flag(
+        "ddpm", "ddpm (ancestral), ddim, dpm++2m (DPM-Solver++(2M)), dpm++2m-sde (its stochastic form) or heun "
+        "(Karras et al.'s 2nd order, 2 evaluations a step); the step count is --timestep_respacing's"
+    )
+    eta: float = flag(-1.0, "ddim's and dpm++2m-sde's noise scale (-1: the sampler's default, 0 for ddim, 1 for "
+                      "dpm++2m-sde; ddim with eta 1 is DDPM-like, dpm++2m-sde with eta 0 is dpm++2m)")
+    churn: float = flag(0.0, "heun: Karras et al.'s S_churn, noise added back per step (0: deterministic)")
+    s_tmin: float = flag(0.0, "heun: churn only where sigma / alpha >= s_tmin")
+    s_tmax: float = flag(float("inf"), "heun: churn only where sigma / alpha <= s_tmax")
+    s_noise: float = flag(1.0, "heun: scale of the churn's noise")
+    lower_order_final: bool = flag(False, "dpm++2m, dpm++2m-sde: first-order last step (steadier at few steps)")
+    dynamic_threshold: float = flag(0.0, "dynamic thresholding of x_0 at this quantile, e.g. 0.995 (0: off)")
+    reclip_guided: Literal["auto", "True", "False"] = flag(
+        "auto", "clip x_0 again after a score guide's shift (auto: on for dpm++2m, dpm++2m-sde and heun, off for "
+        "the release's ddim)"
+    )
+
+
+@dataclass
+class SampleConfig(SamplerConfig, InferenceConfig):
     """Sampling: how many images, in which batches, with which sampler."""
 
     num_samples: int = flag(10000, "images to draw over all ranks")
     batch_size: int = flag(16, "images per batch on each rank")
-    use_ddim: bool = flag(False, "the release's switch for --sampler ddim")
-    sampler: Literal["ddpm", "ddim", "dpm++2m"] = flag(
-        "ddpm", "ddpm (ancestral), ddim (deterministic) or dpm++2m (DPM-Solver++(2M), few steps); the step "
-        "count is --timestep_respacing's"
-    )
 
 
 @dataclass

@@ -9,16 +9,20 @@ import torch.distributed as dist
 from . import dist_util, logger
 from .checkpoint import load_checkpoint
 from .cli import parse_configs
+from .config import SamplerConfig
 from .guidance import ClassifierFreeGuidance
 from .sample_io import save_samples, to_uint8_nhwc
 from .sample_seeds import SeededBatch, resolve_seed, shard_range
-from .samplers import resolve_sampler, sample
+from .samplers import SAMPLERS, resolve_sampler, sample
 
 
 def start_sampling(parser, config_classes):
     """Parse the command line into one instance per config class, then set up the processes and the
     log dir. Returns the configs."""
     configs = parse_configs(parser, config_classes)
+    for config in configs:
+        if isinstance(config, SamplerConfig):
+            sampler_keywords(config)  # a sampler option the sampler does not take stops the run here
     dist_util.setup_dist()
     logger.configure()
     return configs
@@ -46,13 +50,34 @@ def free_guidance(guidance_scale, model):
     return (ClassifierFreeGuidance(guidance_scale, model.null_class),)
 
 
+def sampler_keywords(config):
+    """samplers.sample's keywords from a SamplerConfig: the sampler, the options given on the command line
+    (eta, churn, ...: flags left at their defaults keep the sampler's own), dynamic thresholding and
+    re-clipping. Raises ValueError naming a flag the sampler does not take."""
+    sampler = resolve_sampler(config.sampler, config.use_ddim)
+    takes = SAMPLERS[sampler].options()
+    defaults = SamplerConfig()
+    every_option = sorted(set().union(*(spec.options() for spec in SAMPLERS.values())))
+    given = {name: getattr(config, name) for name in every_option if getattr(config, name) != getattr(defaults, name)}
+    for name in given:
+        if name not in takes:
+            allowed = ", ".join(f"--{option}" for option in takes) or "none of the sampler options"
+            raise ValueError(f"--{name} does not apply to --sampler {sampler} (it takes {allowed})")
+    keywords = dict(sampler=sampler, **given)
+    if config.dynamic_threshold:
+        keywords["dynamic_threshold"] = config.dynamic_threshold
+    if config.reclip_guided != "auto":
+        keywords["reclip_guided"] = config.reclip_guided == "True"
+    return keywords
+
+
 def draw(diffusion, model, batch, shape, device, config, model_kwargs, guidance=()):
     """x_0 [len(batch), C, H, W] in [-1, 1] from the SampleConfig's sampler, every random draw from
     the batch's per-sample streams (initial noise included). shape: [len(batch), C, H, W]."""
     return sample(
-        diffusion, model, tuple(shape), sampler=resolve_sampler(config.sampler, config.use_ddim), guidance=guidance,
-        noise=batch.noise(shape, device), clip_denoised=config.clip_denoised, model_kwargs=model_kwargs,
-        device=device, progress=config.progress and dist_util.get_rank() == 0, noise_fn=batch.noise_like,
+        diffusion, model, tuple(shape), guidance=guidance, noise=batch.noise(shape, device),
+        clip_denoised=config.clip_denoised, model_kwargs=model_kwargs, device=device,
+        progress=config.progress and dist_util.get_rank() == 0, noise_fn=batch.noise_like, **sampler_keywords(config),
     )
 
 

@@ -13,7 +13,15 @@ import torch.nn.functional as F
 
 from guided_diffusion import samplers
 from guided_diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
-from guided_diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, CondFnGuidance, GuidedDenoiser
+from guided_diffusion.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    CleanImageGuidance,
+    CondFnGuidance,
+    GuidedDenoiser,
+    MeasurementGuidance,
+    clean_classifier_loss,
+)
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.schedules import get_named_beta_schedule
 
@@ -331,3 +339,80 @@ def test_classifier_free_guidance_on_a_previous_x_model_matches_plain_conditiona
     plain = diffusion.p_mean_variance(model, x, t, model_kwargs={"y": y})
     assert th.allclose(guided["mean"], plain["mean"], atol=1e-5)
     assert th.allclose(guided["pred_xstart"], plain["pred_xstart"], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Guides that look through the model: DPS and clean-image losses
+
+
+class NonlinearEpsModel(th.nn.Module):
+    """A non-linear eps model (so that d x0_hat / d x_t is far from the identity / sqrt(alpha_bar))."""
+
+    def forward(self, x, t, y=None):
+        return th.tanh(2 * x + x.roll(1, dims=-1)) * (t.float() / STEPS).view(-1, *[1] * (x.dim() - 1))
+
+
+def test_measurement_guidance_differentiates_the_residual_through_the_model():
+    diffusion, model = make_diffusion(), NonlinearEpsModel()
+    x, t = x_T(4), th.tensor([3, 6, 9, 11])
+    forward = lambda x0: F.avg_pool2d(x0, (1, 2))  # noqa: E731
+    y = th.tensor([0.5, -0.3]).view(1, 1, 2, 1).expand(4, 1, 2, 1)
+    out = GuidedDenoiser(diffusion, model, [MeasurementGuidance(forward, y, zeta=0.7)], clip_denoised=False)(x, t)
+
+    x_in = x.clone().requires_grad_(True)
+    x0 = diffusion.p_mean_variance(model, x_in, t, clip_denoised=False)["pred_xstart"]
+    residual_norm = (y - forward(x0)).flatten(1).norm(dim=1)
+    through_model = th.autograd.grad(residual_norm.sum(), x_in)[0]
+    assert th.allclose(out["sample_shift"], -0.7 * through_model, atol=1e-6)
+    x0_leaf = x0.detach().requires_grad_(True)
+    at_x0 = th.autograd.grad((y - forward(x0_leaf)).flatten(1).norm(dim=1).sum(), x0_leaf)[0]
+    assert (out["sample_shift"] + 0.7 * at_x0).abs().max() > 1e-2  # not the gradient w.r.t. x0_hat
+    plain = diffusion.p_mean_variance(model, x, t, clip_denoised=False)
+    assert th.equal(out["mean"], plain["mean"]) and not out["mean"].requires_grad
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_measurement_guidance_pulls_every_sampler_toward_the_measurement(sampler):
+    forward = lambda x0: x0[..., :1]  # noqa: E731: the left column is measured
+    y = th.full((64, 1, 2, 1), 0.8)
+
+    def error(x0):
+        return (forward(x0) - y).abs().mean().item()
+
+    guided = run(sampler, MeasurementGuidance(forward, y, zeta=0.5), clip_denoised=True)
+    assert error(guided) < 0.6 * error(run(sampler, clip_denoised=True))
+
+
+def test_a_clean_classifier_steers_the_class_through_the_model():
+    unconditional = TwoClassModel()
+    unconditional.forward = lambda x, t, y, model=unconditional: TwoClassModel.forward(model, x, t, th.full_like(y, NULL))
+
+    def clean_classifier(x0):  # never saw noise: brightness of the clean image
+        brightness = 8 * x0.flatten(1).mean(1)
+        return th.stack([-brightness, brightness], dim=1)
+
+    guide = CleanImageGuidance(clean_classifier_loss(clean_classifier), scale=0.2)
+    plain = accuracy(run("ddpm", model=unconditional))
+    guided = accuracy(run("ddpm", guide, model=unconditional))
+    assert plain < 0.75 and guided > 0.95
+
+
+def test_a_guidance_loss_must_return_one_value_per_sample():
+    guide = CleanImageGuidance(lambda x0, **kwargs: x0.pow(2).sum(), scale=1.0)
+    with pytest.raises(ValueError, match=r"one value per sample, shape \(64,\), got \(\)"):
+        run("ddim", guide)
+
+
+def test_plain_sampling_and_other_guides_run_without_gradients():
+    states = []
+
+    class Recording(TwoClassModel):
+        def forward(self, x, t, y):
+            states.append((th.is_grad_enabled(), x.requires_grad))
+            return super().forward(x, t, y)
+
+    run("ddim", ClassifierGuidance(toy_classifier, 1.0), model=Recording())
+    assert not any(enabled or requires for enabled, requires in states)
+    states.clear()
+    run("ddim", CleanImageGuidance(lambda x0, **kwargs: x0.flatten(1).sum(1), 1.0), model=Recording())
+    assert states and all(enabled and requires for enabled, requires in states)

@@ -142,3 +142,49 @@ def test_respaced_sampling_equals_sampling_the_respaced_schedule_directly():
     a = spaced.p_sample_loop(model, (2, 3), noise=noise, noise_fn=th.ones_like)
     b = plain.p_sample_loop(lambda x, t: model(x, timestep_map[t]), (2, 3), noise=noise, noise_fn=th.ones_like)
     assert th.equal(a, b)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("kind", ["logsnr", "karras"])
+@pytest.mark.parametrize("count", [2, 5, 20, 100, 1000])
+def test_noise_level_spacings_keep_exactly_n_distinct_steps_with_both_ends(schedule, kind, count):
+    alphas_cumprod = np.cumprod(1 - get_named_beta_schedule(schedule, 1000))
+    kept = space_timesteps(1000, f"{kind}{count}", alphas_cumprod=alphas_cumprod)
+    assert len(kept) == count and min(kept) == 0 and max(kept) == 999
+
+
+def test_logsnr_steps_are_uniform_in_lambda_and_karras_follow_rho_7():
+    alphas_cumprod = np.cumprod(1 - get_named_beta_schedule("linear", 1000))
+    lam = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
+    steps = sorted(space_timesteps(1000, "logsnr8", alphas_cumprod=alphas_cumprod), reverse=True)
+    targets = np.linspace(lam[999], lam[0], 8)
+    # each kept step is the timestep whose lambda is nearest its target
+    assert steps == [int(np.abs(lam - target).argmin()) for target in targets]
+    sigma = np.exp(-lam)
+    ramp = np.linspace(0, 1, 8)
+    karras = (sigma[999] ** (1 / 7) + ramp * (sigma[0] ** (1 / 7) - sigma[999] ** (1 / 7))) ** 7
+    steps = sorted(space_timesteps(1000, "karras8", alphas_cumprod=alphas_cumprod), reverse=True)
+    assert steps == [int(np.abs(np.log(sigma) - np.log(level)).argmin()) for level in karras]
+    assert steps == [999, 917, 815, 681, 484, 205, 32, 0]  # pinned: the linear schedule's rho = 7 levels
+
+
+def test_noise_level_collisions_move_to_the_next_free_timestep():
+    alphas_cumprod = np.cumprod(1 - get_named_beta_schedule("cosine", 1000))
+    # the cosine schedule's last betas are capped at 0.999: sigma spans 1e4 in the last few timesteps,
+    # where many karras levels round to the same timestep; they are spread over the next free ones
+    kept = sorted(space_timesteps(1000, "karras10", alphas_cumprod=alphas_cumprod))
+    assert kept[-5:] == [995, 996, 997, 998, 999] and len(set(kept)) == 10
+
+
+@pytest.mark.parametrize("respacing", ["1", "ddim1", "logsnr1", "karras0", "1001", "ddim1001", "500,501"])
+def test_fewer_than_two_or_more_than_t_steps_are_refused(respacing):
+    alphas_cumprod = np.cumprod(1 - get_named_beta_schedule("linear", 1000))
+    with pytest.raises(ValueError, match="at least 2|at most 1000"):
+        space_timesteps(1000, respacing, alphas_cumprod=alphas_cumprod)
+
+
+def test_noise_level_spacings_need_the_schedule_and_unknown_forms_are_named():
+    with pytest.raises(ValueError, match="needs the schedule's alphas_cumprod"):
+        space_timesteps(1000, "karras10")
+    with pytest.raises(ValueError, match="ddimN, logsnrN or karrasN"):
+        space_timesteps(1000, "edm10")
