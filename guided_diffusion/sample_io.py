@@ -1,4 +1,5 @@
-"""The sampling scripts' outputs: uint8 images, the release's npz and a PNG grid beside it."""
+"""The sampling scripts' outputs: uint8 images, the release's npz and a PNG grid beside it (and the
+editing script's original | degraded | output grid)."""
 
 import math
 import os
@@ -31,10 +32,25 @@ def save_samples(out_dir, images, labels=None):
     return path
 
 
-def save_grid(images, path, pad=2):
-    """images: uint8 [N, H, W, C] -> a PNG with ceil(sqrt(N)) columns and `pad` black pixels between."""
+def save_edit_grid(original, degraded, output, path):
+    """The editing script's edit_grid.png: one row per input, original | degraded | output.
+
+    Each argument: [N, C, H, W] floats in [-1, 1] (C = 1: a greyscale PNG, C = 3: RGB), converted as
+    to_uint8_nhwc converts samples; 2 black pixels between the images, as in samples_grid.png.
+    """
+    if not original.shape == degraded.shape == output.shape:
+        raise ValueError(f"edit grid columns differ in shape: original {list(original.shape)}, degraded "
+                         f"{list(degraded.shape)}, output {list(output.shape)}; show them at the same size")
+    columns = th.stack([original, degraded, output], dim=1).flatten(0, 1)  # [3N, C, H, W], row-major
+    images = to_uint8_nhwc(columns.float().cpu())[..., :original.shape[1]]
+    save_grid(images.numpy(), path, cols=3)
+
+
+def save_grid(images, path, pad=2, cols=None):
+    """images: uint8 [N, H, W, C] -> a PNG filled row by row, `cols` columns (default ceil(sqrt(N))),
+    `pad` black pixels between and around the images."""
     n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
     for k, image in enumerate(images):
