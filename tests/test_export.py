@@ -19,7 +19,7 @@ from guided_diffusion.checkpoint import CheckpointFileError, load_checkpoint, wr
 from _train_helpers import to_argv
 from guided_diffusion.config import (ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, as_flags,
                                      split_flags)
-from guided_diffusion.export_diffusers import ExportError, export, qkv_rows, unet_weights
+from guided_diffusion.export_diffusers import ExportError, export, qkv_rows, refuse_foreign_state_dict, unet_weights
 from guided_diffusion.presets import PRESETS
 from guided_diffusion.unet import UNetModel
 
@@ -141,6 +141,17 @@ def test_what_unet2dmodel_cannot_express_is_refused_with_the_reason(tmp_path, na
     assert not (tmp_path / "out").exists()
 
 
+def test_state_dicts_of_a_classifier_or_an_upsampler_are_refused_before_building():
+    classifier = build_classifier(TINY_CLASSIFIER).state_dict()
+    with pytest.raises(ExportError, match="classifier"):
+        refuse_foreign_state_dict(classifier, image_channels=3)
+    upsampler = build_super_res(SuperResConfig(large_size=16, num_channels=32, channel_mult="1,2", image_channels=1))
+    with pytest.raises(ExportError, match="super-resolution"):
+        refuse_foreign_state_dict(upsampler.state_dict(), image_channels=1)
+    refuse_foreign_state_dict(build_unet(ModelConfig(image_size=16, num_channels=32, channel_mult="1,2",
+                                                     attention_resolutions="8", image_channels=1), True).state_dict(), 1)
+
+
 def test_timesteps_rescaled_to_1000_are_refused_for_other_step_counts(tmp_path):
     model_config, _ = small("adm64_cond")
     with pytest.raises(ExportError, match="--rescale_timesteps True with --diffusion_steps 250"):
@@ -237,3 +248,22 @@ def test_export_script_writes_a_diffusers_folder_and_refuses_a_classifier(tmp_pa
         "is a denoiser with an image-shaped output (export the classifier with --to safetensors instead)"
     ]
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--to", "safetensors", "--out", "x.safetensors"], "give the checkpoint to convert with --model_path"),
+        (["--to", "safetensors", "--model_path", "{pt}", "--out", "{dir}/x.pt"], "must end in .safetensors"),
+        (["--to", "safetensors", "--model_path", "{pt}", "--out", "{dir}/kept.safetensors"], "exists; choose a new file"),
+        (["--to", "diffusers", "--model_path", "{pt}", "--out", "{dir}"], "exists and is not an empty folder"),
+    ],
+)
+def test_export_script_overwrites_nothing_and_says_what_to_give(tmp_path, capsys, argv, message):
+    (tmp_path / "kept.safetensors").write_bytes(b"kept")
+    th.save({"w": th.ones(1)}, tmp_path / "model.pt")
+    argv = [a.format(pt=tmp_path / "model.pt", dir=tmp_path) for a in argv]
+    code, stderr = export_script(argv, capsys)
+    assert code == 2 and stderr.startswith("export.py: error: ") and message in stderr and stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.safetensors", "model.pt"]
+    assert (tmp_path / "kept.safetensors").read_bytes() == b"kept"
