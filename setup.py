@@ -7,6 +7,6 @@ setup(
     "sampling and TensorFlow-free evaluation",
     packages=["guided_diffusion", "evaluations"],
     python_requires=">=3.9",
-    install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "tqdm", "blobfile"],
-    extras_require={"mpi": ["mpi4py", "mpich"], "test": ["pytest"]},
+    install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "tqdm", "blobfile", "safetensors"],
+    extras_require={"mpi": ["mpi4py", "mpich"], "test": ["pytest", "diffusers"]},
 )

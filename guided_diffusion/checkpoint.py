@@ -1,20 +1,24 @@
 """Loading model checkpoints, with errors that say which flag does not fit the file.
 
-A state dict's keys and shapes reveal most architecture flags (width, learned sigma, classes,
-AdaGN, BigGAN resampling, blocks, attention placement, classifier pool). When a checkpoint does
-not fit the model built from the command line, we compare what each reveals and name the flags.
+A model file is a torch state dict (.pt, read with weights_only=True) or a .safetensors file of one
+(tensors only, as `scripts/export.py --to safetensors` writes). A state dict's keys and shapes reveal
+most architecture flags (width, learned sigma, classes, AdaGN, BigGAN resampling, blocks, attention
+placement, classifier pool). When a checkpoint does not fit the model built from the command line, we
+compare what each reveals and name the flags.
 """
 
 import io
 import re
 
 import torch as th
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from . import dist_util
 
 EXPECTED_FILE = (
     "a model state dict saved by training or released with the paper (modelNNNNNN.pt, "
-    "ema_RATE_NNNNNN.pt, or e.g. 256x256_diffusion.pt)"
+    "ema_RATE_NNNNNN.pt, or e.g. 256x256_diffusion.pt), or a .safetensors file of one"
 )
 
 
@@ -32,19 +36,17 @@ def read_torch_file(path, expected=EXPECTED_FILE, map_location="cpu"):
     Raises FileNotFoundError for a missing file, and CheckpointFileError naming the file and
     `expected` (what the caller wanted, in words) when it is empty, truncated or not a torch file.
     """
-    data = dist_util.read_bytes_once(path)
-    if not data:
-        raise CheckpointFileError(f"{path!r} is empty: expected {expected}")
-    try:
-        return th.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointFileError(f"{path!r} {_unreadable_reason(data, exc)}: expected {expected}") from exc
+    return _torch_load(path, _read_bytes(path, expected), expected, map_location)
 
 
 def read_state_dict(path):
-    """Read a model state dict {name: tensor} on the CPU; errors as read_torch_file's, and
+    """Read a model state dict {name: tensor} on the CPU from a torch or a safetensors file (told
+    apart by the name's .safetensors or by the content); errors as read_torch_file's, and
     CheckpointFileError when the file holds something else (an optimizer or trainer state)."""
-    state_dict = read_torch_file(path)
+    data = _read_bytes(path, EXPECTED_FILE)
+    if str(path).endswith(".safetensors") or _has_safetensors_header(data):
+        return _safetensors_load(path, data)
+    state_dict = _torch_load(path, data, EXPECTED_FILE, "cpu")
     if not isinstance(state_dict, dict) or not all(isinstance(v, th.Tensor) for v in state_dict.values()):
         raise CheckpointFileError(
             f"{path!r} holds a {type(state_dict).__name__}, not a model state dict (a mapping of parameter "
@@ -52,6 +54,42 @@ def read_state_dict(path):
             "(stateNNNNNN.pt) file"
         )
     return state_dict
+
+
+def write_safetensors(state_dict, path):
+    """Write a state dict {name: tensor} as a .safetensors file (contiguous copies: tensors only, no
+    shared storage), which read_state_dict reads back."""
+    save_file({name: t.detach().contiguous().clone() for name, t in state_dict.items()}, path,
+              metadata={"format": "pt"})
+
+
+def _read_bytes(path, expected):
+    """The file's bytes, read on rank 0 and shared with every rank; CheckpointFileError if it is empty."""
+    data = dist_util.read_bytes_once(path)
+    if not data:
+        raise CheckpointFileError(f"{path!r} is empty: expected {expected}")
+    return data
+
+
+def _torch_load(path, data, expected, map_location):
+    try:
+        return th.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointFileError(f"{path!r} {_unreadable_reason(data, exc)}: expected {expected}") from exc
+
+
+def _has_safetensors_header(data):
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{"'."""
+    return data[8:10] == b'{"'
+
+
+def _safetensors_load(path, data):
+    try:
+        return load_safetensors(data)
+    except Exception as exc:
+        reason = (f"is truncated or damaged ({len(data)} bytes; an interrupted save or copy?)"
+                  if _has_safetensors_header(data) else "is not a safetensors file")
+        raise CheckpointFileError(f"{path!r} {reason}: expected {EXPECTED_FILE}") from exc
 
 
 def _unreadable_reason(data, exc):

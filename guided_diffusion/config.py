@@ -255,3 +255,18 @@ class ClassifierTrainConfig(LoopConfig):
     iterations: int = flag(150000, "steps to train for")
     anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 at --iterations")
     eval_interval: int = flag(5, "evaluate on a validation batch every this many steps")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportConfig:
+    """export: a checkpoint as a safetensors file, or with its schedule as a diffusers folder."""
+
+    model_path: str = flag("", "checkpoint to convert (--to safetensors also takes a classifier's)")
+    to: Literal["safetensors", "diffusers"] = flag(
+        "safetensors", "safetensors: the same state dict, tensors only; diffusers: a folder with unet/ (UNet2DModel) "
+        "and scheduler/ (DDPMScheduler), from the model's flags"
+    )
+    out: str = flag("", "the .safetensors file, or the (new or empty) folder, to write")
