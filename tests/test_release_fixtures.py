@@ -39,10 +39,6 @@ PROVENANCE = json.loads((RELEASE / "provenance.json").read_text())
 SAME_BUILD = (PROVENANCE["torch"], PROVENANCE["cpu_capability"]) == (th.__version__,
                                                                      th.backends.cpu.get_cpu_capability())
 NETWORK_RTOL, DIFFUSION_RTOL, SAMPLE_RTOL = 1e-5, 1e-5, 1e-4
-# The release draws p_sample's noise before calling cond_fn; this code draws it after (issue 16).
-GUIDED_DDPM_XFAIL = pytest.mark.xfail(
-    strict=True, reason="guided DDPM draws its step noise after cond_fn; the release draws it before (issue 16)"
-)
 
 
 @functools.cache
@@ -154,9 +150,8 @@ def test_posterior_and_p_mean_variance_match_the_release(name):
 
 
 def sampling_params():
-    """(case, run) pairs; guided DDPM (p_sample_loop with cond_fn) expected to fail for now."""
-    return [pytest.param(name, run, id=f"{name}-{fx.sampling_run_name(*run)}",
-                         marks=[GUIDED_DDPM_XFAIL] if run[2] and run[0] == "p_sample_loop" else [])
+    """(case, run) pairs, guided DDPM with a cond_fn that draws from the global RNG among them."""
+    return [pytest.param(name, run, id=f"{name}-{fx.sampling_run_name(*run)}")
             for name in fx.DIFFUSION_CASES for run in fx.SAMPLING_RUNS]
 
 
