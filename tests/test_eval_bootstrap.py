@@ -41,7 +41,10 @@ def test_spread_matches_the_spread_over_independent_samples_and_shrinks_with_n()
         rows = _features(rng, n, 8, shift=0.2)
         spread = bootstrap.spread(rows, bootstrap.fid(rows), rounds=60)
         assert spread["fid_std"] == pytest.approx(np.std(independent, ddof=1), rel=0.4)
-        assert spread["fid_low"] < bootstrap.fid(rows) < spread["fid_high"]
+        # the interval is the resamples' deviations from their own mean around the FID: their mean is biased up
+        fids, fid = bootstrap.resampled(rows, rounds=60), bootstrap.fid(rows)
+        assert fids.mean() > fid and spread["fid_std"] == np.std(fids, ddof=1)
+        assert [spread["fid_low"], spread["fid_high"]] == pytest.approx(fid + np.quantile(fids - fids.mean(), [0.025, 0.975]))
         if n == 100:
             small = spread["fid_std"]
     assert spread["fid_std"] < small / 2  # ~1 / sqrt(8) from 100 to 800 rows

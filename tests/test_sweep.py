@@ -47,9 +47,9 @@ def checkpoints(tmp_path_factory):
     real = np.random.RandomState(1).randint(0, 256, (12, 8, 8, 1)).astype(np.uint8)
     np.savez(folder / "real.npz", arr_0=np.repeat(real, 3, axis=-1))
     judge = sweep.judge_module().Judge(image_size=8)
-    with th.no_grad():  # a judge that answers class 1 for every image
+    with th.no_grad():  # a judge that answers class 2 for every image
         judge.net[-1].weight.zero_()
-        judge.net[-1].bias.copy_(th.eye(10)[1])
+        judge.net[-1].bias.copy_(th.eye(10)[2])
     th.save(dict(image_size=8, test_accuracy=0.5, state_dict=judge.state_dict()), folder / "judge.pt")
     return folder
 
@@ -88,7 +88,8 @@ def test_sweep_writes_the_table_and_the_plots(checkpoints, tmp_path):
         assert row["fid_low"] < row["fid"] < row["fid_high"] and row["fid_std"] > 0
     for row in runs:
         assert row["fid"] > 0 and row["images_per_s"] > 0 and row["num_samples"] == 6 and row["options"] == ""
-        # labels 0, 1, 2 in turn and a judge that always says 1: two of the six are right
+        # labels 0, 1, 2 in turn and a judge that always says 2: two of the six are right (the labels that
+        # --class_balanced False draws for this seed, 1, 1, 2, 0, 2, 2, would score 1/2)
         assert row["accuracy"] == pytest.approx(1 / 3)
     # every run starts from the same noise and labels: zero classifier guidance and W = 1 are plain DDIM
     plain = runs[0]["fid"]
@@ -190,12 +191,18 @@ def test_new_samplers_and_their_options_flow_in_without_edits(monkeypatch):
     def churned(denoise, x, timesteps, *, noise_fn=th.randn_like, churn=0.0, lower_order_final=True):
         raise AssertionError("planning only")
 
+    def sample_steps(diffusion, model, shape, *, sampler="ddpm", noise=None, dynamic_threshold=None, **options):
+        raise AssertionError("planning only")
+
     monkeypatch.setitem(samplers.SAMPLERS, "churned", (churned, "score"))
-    config = sweep.SweepConfig(samplers="churned,ddpm", steps="5", sampler_options="churn=10,lower_order_final=False")
+    monkeypatch.setattr(samplers, "sample_steps", sample_steps)  # an option of every sampler
+    config = sweep.SweepConfig(samplers="churned,ddpm", steps="5",
+                               sampler_options="churn=10,lower_order_final=False,dynamic_threshold=0.995")
     runs = sweep.plan_runs(config, sweep.ModelConfig())
     assert [(run.sampler, run.options) for run in runs] == [
-        ("churned", (("churn", 10.0), ("lower_order_final", False))), ("ddpm", ())]
-    assert sweep.sampler_keywords("churned") == {"churn": 0.0, "lower_order_final": True}
+        ("churned", (("churn", 10.0), ("lower_order_final", False), ("dynamic_threshold", 0.995))),
+        ("ddpm", (("dynamic_threshold", 0.995),))]
+    assert sweep.sampler_keywords("churned") == {"churn": 0.0, "lower_order_final": True, "dynamic_threshold": None}
 
 
 def test_ddim_spacing_skips_the_last_timestep():
