@@ -25,10 +25,10 @@ GUIDANCE_POINT = ("scale", "fid", "fid_low", "fid_high", "accuracy", "precision"
 
 
 def _group(rows, *keys):
-    """{tuple of row[key] for keys: [rows]} in first-seen order."""
+    """{tuple of row.get(key) for keys: [rows]} in first-seen order."""
     groups = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
     return groups
 
 
@@ -41,8 +41,8 @@ def _save(figure, path):
 
 def _setting(row):
     """A run's sampler, its options and its step schedule, as a legend label."""
-    options = f" [{row['options']}]" if row["options"] else ""
-    return f"{row['sampler']}{options}, {row['spacing']}"
+    options = f" [{row['options']}]" if row.get("options") else ""
+    return f"{row['sampler']}{options}, {row.get('spacing') or 'even'}"
 
 
 def _with_bars(axis, points, label):
@@ -61,7 +61,7 @@ def _floor_band(axis, rows):
     if not floors:
         return None
     floor = floors[0]
-    if floor["fid_low"] is not None:
+    if floor.get("fid_low") is not None:
         axis.axhspan(floor["fid_low"], floor["fid_high"], color="grey", alpha=0.25)
     axis.axhline(floor["fid"], color="grey", linestyle="--", label=f"real images ({floor['num_samples']}): floor")
     return floor["fid"]
@@ -72,14 +72,15 @@ def plot_guidance(rows, path):
     scale: one row of panels per guidance kind, one line per sampler, schedule and step count; the
     floor as a band on the FID panels.
 
-    rows: sweep table rows (scripts/sweep.py's COLUMNS); only rows of the "guidance" sweep are lines.
+    rows: sweep table rows (scripts/sweep.py's COLUMNS; tables written before the spread, the schedule
+    and the judge were recorded plot without them); only rows of the "guidance" sweep are lines.
     Returns {(kind, label): [(scale, fid, fid_low, fid_high, accuracy, precision, recall), ...]}.
     """
     lines = {}
     for (kind, *_), group in _group([r for r in rows if r["sweep"] == "guidance"],
                                     "guidance", "sampler", "options", "spacing", "steps").items():
         label = f"{_setting(group[0])}, {group[0]['steps']} steps"
-        lines[kind, label] = sorted(tuple(r[key] for key in GUIDANCE_POINT) for r in group)
+        lines[kind, label] = sorted(tuple(r.get(key) for key in GUIDANCE_POINT) for r in group)
     if not lines:
         raise ValueError("no guided runs in the table: give --classifier_scales and/or --guidance_scales")
     metrics = [(GUIDANCE_POINT.index(key), title) for key, title in GUIDANCE_METRICS
@@ -112,7 +113,7 @@ def plot_samplers(rows, path):
 
     Returns {label: [(nfe, fid, fid_low, fid_high), ...]}.
     """
-    lines = {_setting(group[0]): sorted((r["nfe"], r["fid"], r["fid_low"], r["fid_high"]) for r in group)
+    lines = {_setting(group[0]): sorted((r["nfe"], r["fid"], r.get("fid_low"), r.get("fid_high")) for r in group)
              for group in _group([r for r in rows if r["sweep"] == "samplers"], "sampler", "options", "spacing").values()}
     if not lines:
         raise ValueError("no unguided runs in the table: give --samplers and --steps")

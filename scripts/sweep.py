@@ -57,7 +57,9 @@ COLUMNS = ("sweep", "sampler", "spacing", "steps", "options", "nfe", "guidance",
            "num_samples")
 # --spacings name -> the --timestep_respacing of N steps
 SPACINGS = {"even": "{}", "ddim": "ddim{}", "logsnr": "logsnr{}", "karras": "karras{}"}
-# samplers.sample_steps arguments the sweep sets itself (the others are --sampler_options)
+# the flags that set a run's step schedule, per sweep
+FLAGS_OF = {"samplers": "--steps / --spacings", "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
+# samplers.sample_steps arguments that the sweep sets itself or that take objects (the others are --sampler_options)
 SET_BY_SWEEP = ("sampler", "guidance", "cond_fn", "noise", "clip_denoised", "denoised_fn", "model_kwargs", "device",
                 "progress", "noise_fn")
 
@@ -95,7 +97,7 @@ class SweepConfig:
     )
     judge: str = flag(
         "", "cache of the clean Fashion-MNIST judge (datasets/fashion_mnist_judge.py; trained there first when "
-        "missing): adds each row's requested-class accuracy (\"\": no accuracy column)"
+        "missing): adds each row's requested-class accuracy (\"\": the accuracy column left empty)"
     )
     class_balanced: bool = flag(True, "labels 0, 1, ..., K-1 in turn (False: each sample's label drawn at random)")
     bootstrap: int = flag(50, "resamples of each run's images for the FID's spread (0: no spread)")
@@ -188,16 +190,15 @@ def _option_value(text, default, key):
 def parse_sampler_options(text, names):
     """'eta=1,churn=10' -> {sampler name: ((keyword, value), ...)} for the samplers `names`: each keyword
     goes to every sampler that takes it. A keyword none of them takes is an error listing what each takes."""
-    pairs = [item.split("=", 1) for item in _items(text)]
-    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+    pairs = [tuple(part.strip() for part in item.split("=", 1)) for item in _items(text)]
+    if any(len(pair) != 2 or not pair[0] for pair in pairs):
         raise ValueError(f"--sampler_options must be KEY=VALUE pairs separated by commas, got {text!r}")
     keywords = {name: sampler_keywords(name) for name in names}
     for key, _ in pairs:
-        if not any(key.strip() in taken for taken in keywords.values()):
+        if not any(key in taken for taken in keywords.values()):
             takes = "; ".join(f"{name}: {', '.join(taken) or 'none'}" for name, taken in keywords.items())
-            raise ValueError(f"--sampler_options: no sampler of this sweep takes {key.strip()!r} (they take {takes})")
-    return {name: tuple((key.strip(), _option_value(value.strip(), taken[key.strip()], key.strip()))
-                        for key, value in pairs if key.strip() in taken)
+            raise ValueError(f"--sampler_options: no sampler of this sweep takes {key!r} (they take {takes or 'nothing'})")
+    return {name: tuple((key, _option_value(value, taken[key], key)) for key, value in pairs if key in taken)
             for name, taken in keywords.items()}
 
 
@@ -248,7 +249,7 @@ def respaced_diffusions(runs, diffusion_config):
     for run in runs:
         if run.steps < 2:
             raise ValueError(f"{run.sampler} at {run.steps} step(s): a sampling run needs at least 2 steps "
-                             "(--steps / --guidance_steps / --guidance_baseline)")
+                             f"({FLAGS_OF[run.sweep]})")
         if run.respacing not in diffusions:
             try:
                 diffusions[run.respacing] = build_diffusion(
@@ -256,7 +257,7 @@ def respaced_diffusions(runs, diffusion_config):
             except ValueError as error:
                 raise ValueError(f"{run.steps} steps with spacing {run.spacing!r}: --timestep_respacing "
                                  f"{run.respacing!r} fails for a {diffusion_config.diffusion_steps}-step diffusion "
-                                 f"({error}); choose other --steps / --spacings") from None
+                                 f"({error}); choose other {FLAGS_OF[run.sweep]}") from None
     return diffusions
 
 
