@@ -114,7 +114,8 @@ def plot_samplers(rows, path):
     Returns {label: [(nfe, fid, fid_low, fid_high), ...]}.
     """
     lines = {_setting(group[0]): sorted((r["nfe"], r["fid"], r.get("fid_low"), r.get("fid_high")) for r in group)
-             for group in _group([r for r in rows if r["sweep"] == "samplers"], "sampler", "options", "spacing").values()}
+             for group in _group([r for r in rows if r["sweep"] == "samplers"],
+                                 "sampler", "options", "spacing").values()}
     if not lines:
         raise ValueError("no unguided runs in the table: give --samplers and --steps")
     figure, axis = plt.subplots(figsize=(6, 4.2))

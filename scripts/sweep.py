@@ -58,7 +58,8 @@ COLUMNS = ("sweep", "sampler", "spacing", "steps", "options", "nfe", "guidance",
 # --spacings name -> the --timestep_respacing of N steps
 SPACINGS = {"even": "{}", "ddim": "ddim{}", "logsnr": "logsnr{}", "karras": "karras{}"}
 # the flags that set a run's step schedule, per sweep
-FLAGS_OF = {"samplers": "--steps / --spacings", "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
+FLAGS_OF = {"samplers": "--steps / --spacings",
+            "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
 # samplers.sample_steps arguments that the sweep sets itself or that take objects (the others are --sampler_options)
 SET_BY_SWEEP = ("sampler", "guidance", "cond_fn", "noise", "clip_denoised", "denoised_fn", "model_kwargs", "device",
                 "progress", "noise_fn")
@@ -166,7 +167,8 @@ def sampler_keywords(name):
     """{keyword: default} that --sampler_options may set for sampler `name`: the keyword arguments with
     defaults of its function in samplers.SAMPLERS and of samplers.sample_steps, less SET_BY_SWEEP."""
     solver = samplers.SAMPLERS[name][0]
-    params = [*inspect.signature(solver).parameters.values(), *inspect.signature(samplers.sample_steps).parameters.values()]
+    params = [*inspect.signature(solver).parameters.values(),
+              *inspect.signature(samplers.sample_steps).parameters.values()]
     return {p.name: p.default for p in params
             if p.default is not p.empty and p.kind is not p.VAR_KEYWORD and p.name not in SET_BY_SWEEP}
 
@@ -197,7 +199,8 @@ def parse_sampler_options(text, names):
     for key, _ in pairs:
         if not any(key in taken for taken in keywords.values()):
             takes = "; ".join(f"{name}: {', '.join(taken) or 'none'}" for name, taken in keywords.items())
-            raise ValueError(f"--sampler_options: no sampler of this sweep takes {key!r} (they take {takes or 'nothing'})")
+            raise ValueError(f"--sampler_options: no sampler of this sweep takes {key!r} "
+                             f"(they take {takes or 'nothing'})")
     return {name: tuple((key, _option_value(value, taken[key], key)) for key, value in pairs if key in taken)
             for name, taken in keywords.items()}
 
@@ -347,7 +350,8 @@ class Scorer:
     def __call__(self, images, labels=None):
         """Metrics of uint8 [N, H, W, 3] images; accuracy against labels [N] (None: no accuracy)."""
         batches = (images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size))
-        acts = evaluator.batch_activations(self.extractor, batches, self.device, with_softmax=self.extractor.has_softmax)
+        acts = evaluator.batch_activations(self.extractor, batches, self.device,
+                                           with_softmax=self.extractor.has_softmax)
         results = evaluator.compare(self.reference, BatchStats.from_activations(acts), acts.get("probs"), self.device)
         results |= dict(fid_std=None, fid_low=None, fid_high=None, accuracy=None)
         if self.bootstrap is not None:
@@ -452,8 +456,9 @@ def main(argv=None):
         model = load_model(model_config, diffusion_config, config.model_path, device)
         classifier = load_classifier(classifier_config, config.classifier_path, device)
     for run in runs:
-        images, labels, nfe, seconds = draw_samples(run, model, diffusions[run.respacing], guides_for(run, classifier, model),
-                                                    model_config, config, device)
+        guides = guides_for(run, classifier, model)
+        images, labels, nfe, seconds = draw_samples(run, model, diffusions[run.respacing], guides, model_config,
+                                                    config, device)
         judged = labels if model_config.class_cond or run.guidance == "classifier" else None
         row = dataclasses.asdict(run) | score(images, judged) | dict(
             options=",".join(f"{k}={v}" for k, v in run.options), nfe=nfe, images_per_s=len(images) / seconds,

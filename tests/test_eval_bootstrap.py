@@ -26,10 +26,12 @@ def test_fid_and_resampled_fids_equal_the_evaluators(n, d):
     assert bootstrap.fid(rows) == pytest.approx(_evaluator_fid(rows, reference), rel=1e-4)
     draws = np.random.default_rng(5).integers(n, size=(3, n))
     expected = [_evaluator_fid(rows[drawn], reference) for drawn in draws]  # duplicated rows, as a resample holds
-    assert [bootstrap.fid(rows, np.bincount(drawn, minlength=n)) for drawn in draws] == pytest.approx(expected, rel=1e-4)
+    fids = [bootstrap.fid(rows, np.bincount(drawn, minlength=n)) for drawn in draws]
+    assert fids == pytest.approx(expected, rel=1e-4)
     # resampled() draws its rows with numpy's generator of the seed
     drawn = np.random.default_rng(7).integers(n, size=n)
-    assert bootstrap.resampled(rows, rounds=1, seed=7)[0] == pytest.approx(_evaluator_fid(rows[drawn], reference), rel=1e-4)
+    expected = _evaluator_fid(rows[drawn], reference)
+    assert bootstrap.resampled(rows, rounds=1, seed=7)[0] == pytest.approx(expected, rel=1e-4)
 
 
 def test_spread_matches_the_spread_over_independent_samples_and_shrinks_with_n():
@@ -44,7 +46,8 @@ def test_spread_matches_the_spread_over_independent_samples_and_shrinks_with_n()
         # the interval is the resamples' deviations from their own mean around the FID: their mean is biased up
         fids, fid = bootstrap.resampled(rows, rounds=60), bootstrap.fid(rows)
         assert fids.mean() > fid and spread["fid_std"] == np.std(fids, ddof=1)
-        assert [spread["fid_low"], spread["fid_high"]] == pytest.approx(fid + np.quantile(fids - fids.mean(), [0.025, 0.975]))
+        deviations = np.quantile(fids - fids.mean(), [0.025, 0.975])
+        assert [spread["fid_low"], spread["fid_high"]] == pytest.approx(fid + deviations)
         if n == 100:
             small = spread["fid_std"]
     assert spread["fid_std"] < small / 2  # ~1 / sqrt(8) from 100 to 800 rows

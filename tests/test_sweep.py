@@ -72,12 +72,16 @@ def test_sweep_writes_the_table_and_the_plots(checkpoints, tmp_path):
     assert settings == [("floor", "real", None, None, "none", 0.0, None)] + [
         ("samplers", sampler, spacing, n, "none", 0.0, float(n))
         for sampler in ("ddim", "dpm++2m") for spacing in ("even", "ddim") for n in (2, 3)
-    ] + [
-        ("guidance", "ddim", "even", 2, "classifier", 0.0, 2.0), ("guidance", "ddpm", "even", 4, "classifier", 0.0, 4.0),
-        ("guidance", "ddim", "even", 2, "classifier", 4.0, 2.0), ("guidance", "ddpm", "even", 4, "classifier", 4.0, 4.0),
+    ] + [  # (sweep, sampler, spacing, steps, guidance, scale, nfe)
+        ("guidance", "ddim", "even", 2, "classifier", 0.0, 2.0),
+        ("guidance", "ddpm", "even", 4, "classifier", 0.0, 4.0),
+        ("guidance", "ddim", "even", 2, "classifier", 4.0, 2.0),
+        ("guidance", "ddpm", "even", 4, "classifier", 4.0, 4.0),
         # W = 1: plain conditional sampling, one branch; W = 3: [x; x] in one batch counts twice
-        ("guidance", "ddim", "even", 2, "classifier-free", 1.0, 2.0), ("guidance", "ddpm", "even", 4, "classifier-free", 1.0, 4.0),
-        ("guidance", "ddim", "even", 2, "classifier-free", 3.0, 4.0), ("guidance", "ddpm", "even", 4, "classifier-free", 3.0, 8.0),
+        ("guidance", "ddim", "even", 2, "classifier-free", 1.0, 2.0),
+        ("guidance", "ddpm", "even", 4, "classifier-free", 1.0, 4.0),
+        ("guidance", "ddim", "even", 2, "classifier-free", 3.0, 4.0),
+        ("guidance", "ddpm", "even", 4, "classifier-free", 3.0, 8.0),
     ]
     floor, runs = rows[0], rows[1:]
     assert floor["num_samples"] == 12 and floor["accuracy"] is None and floor["images_per_s"] is None
