@@ -1,6 +1,7 @@
-"""The trade-offs in pictures: FID / precision / recall against guidance scale, FID against model
-evaluations per sampler (from a sweep table, see scripts/sweep.py), and training curves from a run's
-progress.csv. PNG files through matplotlib's Agg backend (no display needed).
+"""The trade-offs in pictures: FID (with its spread) / judge accuracy / precision / recall against
+guidance scale, FID against model evaluations per sampler and step schedule, with the real-data floor
+as a band (from a sweep table, see scripts/sweep.py), and training curves from a run's progress.csv.
+PNG files through matplotlib's Agg backend (no display needed).
 
     python evaluations/plots.py sweep OUT_DIR/sweep.json [--out_dir OUT_DIR]
     python evaluations/plots.py training RUN_DIR/progress.csv [--out RUN_DIR/training.png] [--keys loss,mse,vb]
@@ -19,14 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
 TRAINING_KEYS = ("loss", "mse", "vb")  # what image_train logs (mse and vb with a learned variance)
-GUIDANCE_METRICS = (("fid", "FID"), ("precision", "precision"), ("recall", "recall"))
+GUIDANCE_METRICS = (("fid", "FID"), ("accuracy", "judge accuracy"), ("precision", "precision"), ("recall", "recall"))
+GUIDANCE_POINT = ("scale", "fid", "fid_low", "fid_high", "accuracy", "precision", "recall")  # plot_guidance's points
 
 
 def _group(rows, *keys):
-    """{tuple of row[key] for keys: [rows]} in first-seen order."""
+    """{tuple of row.get(key) for keys: [rows]} in first-seen order."""
     groups = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
     return groups
 
 
@@ -37,53 +39,97 @@ def _save(figure, path):
     return path
 
 
-def plot_guidance(rows, path):
-    """FID, precision and recall against guidance scale: one line per (guidance kind, sampler, steps).
+def _setting(row):
+    """A run's sampler, its options and its step schedule, as a legend label."""
+    options = f" [{row['options']}]" if row.get("options") else ""
+    return f"{row['sampler']}{options}, {row.get('spacing') or 'even'}"
 
-    rows: sweep table rows (dicts with guidance, scale, sampler, steps, fid, precision, recall); rows
-    whose guidance is "none" are left out. Returns {label: [(scale, fid, precision, recall), ...]}.
+
+def _with_bars(axis, points, label):
+    """Plot (x, y, low, high) points as a line with error bars from low to high (None: no bar)."""
+    x, y, low, high = zip(*points)
+    bars = None
+    if all(v is not None for v in low + high):
+        bars = [[b - a for a, b in zip(low, y)], [b - a for a, b in zip(y, high)]]
+    axis.errorbar(x, y, yerr=bars, marker="o", capsize=3, label=label)
+
+
+def _floor_band(axis, rows):
+    """The floor rows' FID (real images against the reference) as a dashed line in a band from
+    fid_low to fid_high; returns the floor's FID or None when the table has no floor."""
+    floors = [r for r in rows if r["sweep"] == "floor"]
+    if not floors:
+        return None
+    floor = floors[0]
+    if floor.get("fid_low") is not None:
+        axis.axhspan(floor["fid_low"], floor["fid_high"], color="grey", alpha=0.25)
+    axis.axhline(floor["fid"], color="grey", linestyle="--", label=f"real images ({floor['num_samples']}): floor")
+    return floor["fid"]
+
+
+def plot_guidance(rows, path):
+    """FID (with its spread), judge accuracy (when measured), precision and recall against guidance
+    scale: one row of panels per guidance kind, one line per sampler, schedule and step count; the
+    floor as a band on the FID panels.
+
+    rows: sweep table rows (scripts/sweep.py's COLUMNS; tables written before the spread, the schedule
+    and the judge were recorded plot without them); only rows of the "guidance" sweep are lines.
+    Returns {(kind, label): [(scale, fid, fid_low, fid_high, accuracy, precision, recall), ...]}.
     """
     lines = {}
-    for (kind, sampler, steps), group in _group([r for r in rows if r["guidance"] != "none"],
-                                               "guidance", "sampler", "steps").items():
-        points = sorted((r["scale"],) + tuple(r[m] for m, _ in GUIDANCE_METRICS) for r in group)
-        lines[f"{kind} ({sampler}, {steps} steps)"] = points
+    for (kind, *_), group in _group([r for r in rows if r["sweep"] == "guidance"],
+                                    "guidance", "sampler", "options", "spacing", "steps").items():
+        label = f"{_setting(group[0])}, {group[0]['steps']} steps"
+        lines[kind, label] = sorted(tuple(r.get(key) for key in GUIDANCE_POINT) for r in group)
     if not lines:
         raise ValueError("no guided runs in the table: give --classifier_scales and/or --guidance_scales")
-    figure, axes = plt.subplots(1, len(GUIDANCE_METRICS), figsize=(4 * len(GUIDANCE_METRICS), 3.4))
-    for column, (axis, (_, title)) in enumerate(zip(axes, GUIDANCE_METRICS), start=1):
-        for label, points in lines.items():
-            shown = [(p[0], p[column]) for p in points if p[column] is not None]
-            if shown:
-                axis.plot(*zip(*shown), marker="o", label=label)
-        axis.set_xlabel("guidance scale")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    metrics = [(GUIDANCE_POINT.index(key), title) for key, title in GUIDANCE_METRICS
+               if any(point[GUIDANCE_POINT.index(key)] is not None for points in lines.values() for point in points)]
+    kinds = list(dict.fromkeys(kind for kind, _ in lines))
+    figure, axes = plt.subplots(len(kinds), len(metrics), figsize=(4 * len(metrics), 3.4 * len(kinds)), squeeze=False)
+    for row_axes, kind in zip(axes, kinds):
+        for axis, (column, title) in zip(row_axes, metrics):
+            for (line_kind, label), points in lines.items():
+                shown = [p for p in points if p[column] is not None]
+                if line_kind != kind or not shown:
+                    continue
+                if title == "FID":
+                    _with_bars(axis, [p[:4] for p in shown], label)
+                else:
+                    axis.plot([p[0] for p in shown], [p[column] for p in shown], marker="o", label=label)
+            if title == "FID":
+                _floor_band(axis, rows)
+            axis.set_xlabel("classifier scale" if kind == "classifier" else "guidance scale W")
+            axis.set_title(f"{title}, {kind} guidance")
+            axis.grid(alpha=0.3)
+        row_axes[0].legend(fontsize="small")
     _save(figure, path)
     return lines
 
 
 def plot_samplers(rows, path):
-    """FID against model evaluations per image (log scale): one line per sampler, unguided runs.
+    """FID (with its spread as error bars) against model evaluations per image (log scale): one line
+    per sampler and step schedule, unguided runs; the floor as a band.
 
-    Returns {sampler: [(nfe, fid), ...]}.
+    Returns {label: [(nfe, fid, fid_low, fid_high), ...]}.
     """
-    lines = {sampler: sorted((r["nfe"], r["fid"]) for r in group)
-             for (sampler,), group in _group([r for r in rows if r["guidance"] == "none"], "sampler").items()}
+    lines = {_setting(group[0]): sorted((r["nfe"], r["fid"], r.get("fid_low"), r.get("fid_high")) for r in group)
+             for group in _group([r for r in rows if r["sweep"] == "samplers"],
+                                 "sampler", "options", "spacing").values()}
     if not lines:
         raise ValueError("no unguided runs in the table: give --samplers and --steps")
-    figure, axis = plt.subplots(figsize=(5, 3.6))
-    for sampler, points in lines.items():
-        axis.plot(*zip(*points), marker="o", label=sampler)
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    for label, points in lines.items():
+        _with_bars(axis, points, label)
+    _floor_band(axis, rows)
     axis.set_xscale("log")
-    nfes = sorted({nfe for points in lines.values() for nfe, _ in points})
+    nfes = sorted({point[0] for points in lines.values() for point in points})
     axis.set_xticks(nfes, [f"{nfe:g}" for nfe in nfes])
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel("model evaluations per image")
     axis.set_ylabel("FID")
     axis.grid(alpha=0.3, which="both")
-    axis.legend()
+    axis.legend(fontsize="small")
     _save(figure, path)
     return lines
 
@@ -127,8 +173,8 @@ def plot_training(progress_path, path, keys=TRAINING_KEYS):
 
 def plot_sweep(rows, out_dir):
     """The sweep's PNGs in out_dir (guidance.png and/or samplers.png, for the runs it has); their paths."""
-    plots = {"guidance.png": (plot_guidance, any(r["guidance"] != "none" for r in rows)),
-             "samplers.png": (plot_samplers, any(r["guidance"] == "none" for r in rows))}
+    plots = {"guidance.png": (plot_guidance, any(r["sweep"] == "guidance" for r in rows)),
+             "samplers.png": (plot_samplers, any(r["sweep"] == "samplers" for r in rows))}
     written = [os.path.join(out_dir, name) for name, (_, wanted) in plots.items() if wanted]
     for path in written:
         plots[os.path.basename(path)][0](rows, path)

@@ -1,4 +1,5 @@
-"""Batch tools: build a reference npz from an image folder; dump an npz batch to PNG files.
+"""Batch tools: build a reference npz from an image folder; dump an npz batch to PNG files; read the
+images of an npz batch or a folder (the real images of a sweep's floor row).
 
     python evaluations/tools.py make_reference IMAGE_DIR OUT.npz --image_size 64 [--num_keep 10000]
     python evaluations/tools.py to_png BATCH.npz OUT_DIR
@@ -70,6 +71,24 @@ def batched(items, batch_size):
             batch = []
     if batch:
         yield np.stack(batch)
+
+
+def read_images(path, image_size):
+    """uint8 [N, image_size, image_size, 3]: every readable image of a folder (load_square), or the
+    arr_0 of an npz batch. Raises FileNotFoundError for a folder without images, BatchFileError for a
+    missing or bad npz and for fewer than NHOOD_SIZE + 1 images or images of another size."""
+    if os.path.isdir(path):
+        chunks = list(batched(readable_images(list_images(path), image_size, []), 1024))
+    else:
+        with open_npz_array(path, "arr_0") as batch:
+            check_images(batch.shape, batch.dtype, path)
+            chunks = list(batch.read_batches(1024))
+    images = np.concatenate(chunks) if chunks else np.zeros((0, image_size, image_size, 3), np.uint8)
+    if len(images) <= metrics.NHOOD_SIZE or images.shape[1:3] != (image_size, image_size):
+        raise BatchFileError(f"{path}: {len(images)} images of {images.shape[1]}x{images.shape[2]} pixels; "
+                             f"expected more than {metrics.NHOOD_SIZE} images of {image_size}x{image_size} "
+                             "(the samples' size)")
+    return images
 
 
 def make_reference(folder, out_path, image_size, num_keep, model, batch_size=64, device="cpu"):

@@ -1,21 +1,30 @@
-r"""The trade-offs in pictures: sample a trained model at several guidance scales and at several step
-counts / samplers, evaluate every run against a reference, write a table and plots.
+r"""The trade-offs in pictures: sample a trained model with several samplers, step schedules and guidance
+scales, evaluate every run against one reference (each FID with its bootstrap spread), write a table
+and plots.
 
     python scripts/sweep.py --preset adm64_cond,classifier64 --model_path 64x64_diffusion.pt \
         --classifier_path 64x64_classifier.pt --ref_batch VIRTUAL_imagenet64_labeled.npz \
-        --samplers ddpm,ddim,dpm++2m --steps 10,20,50,250 --classifier_scales 0,0.5,1,2 \
-        --num_samples 10000 --out_dir sweep64
+        --samplers ddpm,ddim,dpm++2m --spacings even,ddim --steps 10,20,50,250 \
+        --classifier_scales 0.5,1,2 --guidance_samplers dpm++2m --guidance_steps 10,20,50 \
+        --guidance_baseline ddpm:250 --num_samples 10000 --out_dir sweep64
 
-Two families of runs, each drawing --num_samples images from the same initial noise and labels:
-unguided runs (every sampler of --samplers at every count of --steps) and guided runs (classifier
-guidance at each of --classifier_scales, classifier-free guidance at each of --guidance_scales, with
---guidance_sampler at --guidance_steps). Writes OUT_DIR/sweep.csv and sweep.json (one row per run,
-rewritten after each run), samplers.png (FID against model evaluations) and guidance.png (FID,
-precision, recall against scale). The reference is a batch npz or an `evaluator.py --save_stats` file.
+Runs, each drawing --num_samples images from the same initial noise, labels and step noise: unguided
+(every sampler of --samplers x spacing of --spacings x count of --steps) and guided (classifier
+guidance at each of --classifier_scales, classifier-free guidance at each of --guidance_scales, each
+with every --guidance_samplers x --guidance_spacings x --guidance_steps, and with --guidance_baseline).
+--real_images adds the floor: real images scored against the same reference. Every step count and
+spacing is checked (by building its respaced diffusion) before any work. Writes OUT_DIR/sweep.csv and
+sweep.json (one row per run, rewritten after each run), samplers.png (FID against model evaluations)
+and guidance.png (FID, judge accuracy, precision, recall against scale). The reference is a batch npz
+or an `evaluator.py --save_stats` file. docs/evaluation.md gives the protocol.
 """
 
+import ast
 import csv
 import dataclasses
+import functools
+import importlib.util
+import inspect
 import json
 import os
 import time
@@ -25,25 +34,35 @@ from typing import Literal
 import numpy as np
 import torch as th
 
-from evaluations import evaluator, plots
+from evaluations import evaluator, plots, tools
+from evaluations.bootstrap import FidBootstrap
 from evaluations.features import PixelFeatures
 from evaluations.npz_io import BatchFileError
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
+from guided_diffusion import samplers
 from guided_diffusion.build import build_diffusion
 from guided_diffusion.checkpoint import load_checkpoint
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser, parse_configs, str2bool
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, as_flags, flag
 from guided_diffusion.guidance import ClassifierGuidance
-from guided_diffusion.samplers import SAMPLERS, sample
 from guided_diffusion.sample_io import to_uint8_nhwc
 from guided_diffusion.sample_seeds import SeededBatch
 from guided_diffusion.sampling import free_guidance
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion
 
-SAMPLER_NAMES = tuple(SAMPLERS)
-COLUMNS = ("sweep", "sampler", "steps", "nfe", "guidance", "scale", "fid", "sfid", "precision", "recall",
-           "inception_score", "images_per_s", "num_samples")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = ("sweep", "sampler", "spacing", "steps", "options", "nfe", "guidance", "scale", "fid", "fid_std",
+           "fid_low", "fid_high", "sfid", "precision", "recall", "inception_score", "accuracy", "images_per_s",
+           "num_samples")
+# --spacings name -> the --timestep_respacing of N steps
+SPACINGS = {"even": "{}", "ddim": "ddim{}", "logsnr": "logsnr{}", "karras": "karras{}"}
+# the flags that set a run's step schedule, per sweep
+FLAGS_OF = {"samplers": "--steps / --spacings",
+            "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
+# samplers.sample_steps arguments that the sweep sets itself or that take objects (the others are --sampler_options)
+SET_BY_SWEEP = ("sampler", "guidance", "cond_fn", "noise", "clip_denoised", "denoised_fn", "model_kwargs", "device",
+                "progress", "noise_fn")
 
 
 @dataclass
@@ -55,18 +74,37 @@ class SweepConfig:
     ref_batch: str = flag("", "reference: a batch npz (arr_0 images) or an `evaluator.py --save_stats` file")
     out_dir: str = flag("sweep", "folder of sweep.csv, sweep.json and the PNG plots")
     samplers: str = flag("ddpm,ddim,dpm++2m", "samplers of the unguided runs, comma-separated (\"\": none)")
-    steps: str = flag("10,20,50,100,250", "step counts of the unguided runs, comma-separated")
+    spacings: str = flag(
+        "even", "step schedules of the unguided runs, comma-separated: even (--timestep_respacing N, 0 to T-1), "
+        "ddim (ddimN: a fixed stride from 0, skipping T-1), logsnr (logsnrN), karras (karrasN)"
+    )
+    steps: str = flag("10,20,50,100,250", "step counts of the unguided runs, comma-separated (each at least 2)")
+    sampler_options: str = flag(
+        "", 'keyword arguments of the samplers, e.g. "eta=1,churn=10": each goes to every sampler of the sweep '
+        "that takes it (the table's options column), a key no sampler takes is an error"
+    )
     classifier_scales: str = flag("", "classifier-guidance scales of the guided runs, comma-separated")
     guidance_scales: str = flag("", "classifier-free guidance scales W of the guided runs, comma-separated")
-    guidance_sampler: Literal["ddpm", "ddim", "dpm++2m"] = flag("ddpm", "sampler of the guided runs")
-    guidance_steps: int = flag(250, "step count of the guided runs")
-    spacing: Literal["even", "ddim"] = flag(
-        "even", 'how N steps are kept: "even" (--timestep_respacing N, from 0 to T-1) or "ddim" (ddimN: a fixed '
-        "stride from 0, which skips T-1: needed for classifier guidance under ddim / dpm++2m with the cosine schedule)"
+    guidance_samplers: str = flag("ddpm", "samplers of the guided runs, comma-separated")
+    guidance_spacings: str = flag("even", "step schedules of the guided runs (as --spacings), comma-separated")
+    guidance_steps: str = flag("250", "step counts of the guided runs, comma-separated")
+    guidance_baseline: str = flag(
+        "", 'SAMPLER:N, e.g. "ddpm:250": the guided runs at every scale also with SAMPLER at N evenly spaced '
+        "steps (the release's guided sampling), to compare the fast ones with (\"\": none)"
     )
+    real_images: str = flag(
+        "", "the floor: a folder or npz of real images (e.g. 1,000 training images) scored against the same "
+        "reference, the first row of the table (\"\": none)"
+    )
+    judge: str = flag(
+        "", "cache of the clean Fashion-MNIST judge (datasets/fashion_mnist_judge.py; trained there first when "
+        "missing): adds each row's requested-class accuracy (\"\": the accuracy column left empty)"
+    )
+    class_balanced: bool = flag(True, "labels 0, 1, ..., K-1 in turn (False: each sample's label drawn at random)")
+    bootstrap: int = flag(50, "resamples of each run's images for the FID's spread (0: no spread)")
     num_samples: int = flag(1000, "images per run")
     batch_size: int = flag(64, "images per sampling batch")
-    seed: int = flag(0, "seed of the initial noise, labels and step noise (the same in every run)")
+    seed: int = flag(0, "seed of the initial noise, labels, step noise and resamples (the same in every run)")
     clip_denoised: bool = flag(True, "clip each x_0 prediction to [-1, 1]")
     features: Literal["inception", "pixels"] = flag(
         "inception", "feature extractor; pixels: a cheap stand-in for smoke runs whose numbers are not FID"
@@ -80,52 +118,169 @@ CONFIGS = (ModelConfig, DiffusionConfig, ClassifierConfig, SweepConfig)
 
 @dataclass(frozen=True)
 class Run:
-    """One point of the sweep: a sampler at a step count, with one kind of guidance at a scale."""
+    """One point of the sweep: a sampler (with its options) at a step schedule, with one kind of
+    guidance at a scale. options: ((keyword, value), ...)."""
 
     sweep: Literal["samplers", "guidance"]
     sampler: str
+    spacing: str
     steps: int
     guidance: Literal["none", "classifier", "classifier-free"] = "none"
     scale: float = 0.0
+    options: tuple = ()
+
+    @property
+    def respacing(self):
+        """The run's --timestep_respacing."""
+        return respacing(self.steps, self.spacing)
 
 
-def _numbers(text, kind, flag_name):
-    """'1,2.5' -> [1.0, 2.5] (kind int or float); '' -> []."""
+def _items(text):
+    """'a, b,' -> ['a', 'b']."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _numbers(config, flag_name, kind):
+    """The flag's comma-separated numbers: '1,2.5' -> [1.0, 2.5] (kind int or float); '' -> []."""
+    text = getattr(config, flag_name)
     try:
-        return [kind(part) for part in text.split(",") if part.strip()]
+        return [kind(part) for part in _items(text)]
     except ValueError:
         raise ValueError(f"--{flag_name} must be comma-separated numbers, got {text!r}") from None
 
 
+def _names(config, flag_name, known):
+    """The flag's comma-separated names, each one of `known`."""
+    names = _items(getattr(config, flag_name))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--{flag_name}: unknown {unknown}; choose from {', '.join(known)}")
+    return names
+
+
 def respacing(steps, spacing):
-    """The --timestep_respacing of a run of `steps` steps: "N" (even sections) or "ddimN" (spacing "ddim")."""
-    return f"ddim{steps}" if spacing == "ddim" else str(steps)
+    """The --timestep_respacing of `steps` steps under a --spacings name ("even": "N", "ddim": "ddimN", ...)."""
+    return SPACINGS[spacing].format(steps)
+
+
+def sampler_keywords(name):
+    """{keyword: default} that --sampler_options may set for sampler `name`: the keyword arguments with
+    defaults of its function in samplers.SAMPLERS and of samplers.sample_steps, less SET_BY_SWEEP."""
+    solver = samplers.SAMPLERS[name][0]
+    params = [*inspect.signature(solver).parameters.values(),
+              *inspect.signature(samplers.sample_steps).parameters.values()]
+    return {p.name: p.default for p in params
+            if p.default is not p.empty and p.kind is not p.VAR_KEYWORD and p.name not in SET_BY_SWEEP}
+
+
+def _option_value(text, default, key):
+    """--sampler_options text as the type of the keyword's default (bool, int, float); a Python literal
+    (number, True, None) or the text itself when the default is None or a string."""
+    try:
+        if isinstance(default, bool):
+            return str2bool(text)
+        if isinstance(default, (int, float)):
+            return type(default)(text)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--sampler_options {key}={text}: expected a {type(default).__name__} ({error})") from None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_sampler_options(text, names):
+    """'eta=1,churn=10' -> {sampler name: ((keyword, value), ...)} for the samplers `names`: each keyword
+    goes to every sampler that takes it. A keyword none of them takes is an error listing what each takes."""
+    pairs = [tuple(part.strip() for part in item.split("=", 1)) for item in _items(text)]
+    if any(len(pair) != 2 or not pair[0] for pair in pairs):
+        raise ValueError(f"--sampler_options must be KEY=VALUE pairs separated by commas, got {text!r}")
+    keywords = {name: sampler_keywords(name) for name in names}
+    for key, _ in pairs:
+        if not any(key in taken for taken in keywords.values()):
+            takes = "; ".join(f"{name}: {', '.join(taken) or 'none'}" for name, taken in keywords.items())
+            raise ValueError(f"--sampler_options: no sampler of this sweep takes {key!r} "
+                             f"(they take {takes or 'nothing'})")
+    return {name: tuple((key, _option_value(value, taken[key], key)) for key, value in pairs if key in taken)
+            for name, taken in keywords.items()}
+
+
+def _baseline(text, known):
+    """--guidance_baseline "SAMPLER:N" -> [(sampler, "even", N)]; "" -> []."""
+    if not text.strip():
+        return []
+    name, _, count = (part.strip() for part in text.partition(":"))
+    if name not in known or not count.isdigit():
+        raise ValueError(f"--guidance_baseline must be SAMPLER:N like ddpm:250 with SAMPLER one of "
+                         f"{', '.join(known)}, got {text!r}")
+    return [(name, "even", int(count))]
+
+
+def _schedules(config, prefix):
+    """[(sampler, spacing, steps)]: every --{prefix}samplers x --{prefix}spacings x --{prefix}steps."""
+    return [(sampler, spacing, n) for sampler in _names(config, prefix + "samplers", tuple(samplers.SAMPLERS))
+            for spacing in _names(config, prefix + "spacings", tuple(SPACINGS))
+            for n in _numbers(config, prefix + "steps", int)]
 
 
 def plan_runs(config, model_config):
-    """The sweep's runs in order: unguided (sampler x steps), then classifier, then classifier-free."""
-    samplers = [name.strip() for name in config.samplers.split(",") if name.strip()]
-    unknown = sorted(set(samplers) - set(SAMPLER_NAMES))
-    if unknown:
-        raise ValueError(f"--samplers: unknown {unknown}; choose from {', '.join(SAMPLER_NAMES)}")
-    steps = _numbers(config.steps, int, "steps")
-    runs = [Run("samplers", sampler, n) for sampler in samplers for n in steps]
-    guided = {"classifier": _numbers(config.classifier_scales, float, "classifier_scales"),
-              "classifier-free": _numbers(config.guidance_scales, float, "guidance_scales")}
-    runs += [Run("guidance", config.guidance_sampler, config.guidance_steps, kind, scale)
-             for kind, scales in guided.items() for scale in scales]
-    if not runs:
-        raise ValueError("nothing to run: give --samplers and --steps, or guidance scales")
-    if guided["classifier"] and not config.classifier_path:
+    """The sweep's runs in order: unguided (sampler x spacing x steps), then classifier, then
+    classifier-free guided (each scale x sampler x spacing x steps, then the baseline); no run twice."""
+    schedules = _schedules(config, "")
+    guided_schedules = _schedules(config, "guidance_") + _baseline(config.guidance_baseline, tuple(samplers.SAMPLERS))
+    scales = {"classifier": _numbers(config, "classifier_scales", float),
+              "classifier-free": _numbers(config, "guidance_scales", float)}
+    runs = [Run("samplers", *schedule) for schedule in schedules]
+    runs += [Run("guidance", *schedule, kind, scale)
+             for kind, kind_scales in scales.items() for scale in kind_scales for schedule in guided_schedules]
+    if any(scales.values()) and not guided_schedules:
+        raise ValueError("guidance scales need --guidance_samplers, --guidance_spacings and --guidance_steps "
+                         "(or --guidance_baseline)")
+    if scales["classifier"] and not config.classifier_path:
         raise ValueError("--classifier_scales needs --classifier_path (a noisy-image classifier checkpoint)")
-    if guided["classifier-free"] and not (model_config.class_cond and model_config.class_dropout_prob > 0):
+    if scales["classifier-free"] and not (model_config.class_cond and model_config.class_dropout_prob > 0):
         raise ValueError("--guidance_scales needs a class-conditional model trained with label dropout: give "
                          "its --class_cond True and --class_dropout_prob P (P > 0)")
-    if any(n < 1 for n in steps + [config.guidance_steps]) or config.batch_size < 1:
-        raise ValueError("step counts and --batch_size must be at least 1")
-    if config.num_samples < evaluator.MIN_IMAGES or config.seed < 0:
-        raise ValueError(f"--num_samples must be at least {evaluator.MIN_IMAGES} and --seed at least 0")
-    return runs
+    options = parse_sampler_options(config.sampler_options, sorted({run.sampler for run in runs}))
+    return list(dict.fromkeys(dataclasses.replace(run, options=options[run.sampler]) for run in runs))
+
+
+def respaced_diffusions(runs, diffusion_config):
+    """{respacing: the diffusion respaced to it} for every run's schedule, all built now, so that an
+    impossible step count or spacing is an error before any work."""
+    diffusions = {}
+    for run in runs:
+        if run.steps < 2:
+            raise ValueError(f"{run.sampler} at {run.steps} step(s): a sampling run needs at least 2 steps "
+                             f"({FLAGS_OF[run.sweep]})")
+        if run.respacing not in diffusions:
+            try:
+                diffusions[run.respacing] = build_diffusion(
+                    dataclasses.replace(diffusion_config, timestep_respacing=run.respacing))
+            except ValueError as error:
+                raise ValueError(f"{run.steps} steps with spacing {run.spacing!r}: --timestep_respacing "
+                                 f"{run.respacing!r} fails for a {diffusion_config.diffusion_steps}-step diffusion "
+                                 f"({error}); choose other {FLAGS_OF[run.sweep]}") from None
+    return diffusions
+
+
+def check_config(config, model_config, diffusion_config):
+    """(runs, {respacing: diffusion}) of a sweep whose every part is possible; a ValueError names what is not."""
+    if diffusion_config.timestep_respacing:
+        raise ValueError("--timestep_respacing is set per run by the sweep: use --steps and --spacings")
+    runs = plan_runs(config, model_config)
+    if not runs and not config.real_images:
+        raise ValueError("nothing to run: give --samplers and --steps, guidance scales, or --real_images")
+    if not config.ref_batch:
+        raise ValueError("--ref_batch is required: a reference batch npz or a --save_stats file")
+    if runs and not config.model_path:
+        raise ValueError("--model_path is required: the checkpoint to sample from")
+    if config.batch_size < 1 or config.num_samples < evaluator.MIN_IMAGES or config.seed < 0 or config.bootstrap < 0:
+        raise ValueError(f"--batch_size must be at least 1, --num_samples at least {evaluator.MIN_IMAGES}, "
+                         "--seed and --bootstrap at least 0")
+    if config.judge and model_config.image_size % 4:
+        raise ValueError(f"--judge needs an image size divisible by 4, got --image_size {model_config.image_size}")
+    return runs, respaced_diffusions(runs, diffusion_config)
 
 
 class CountingModel:
@@ -148,24 +303,28 @@ def _synchronize(device):
 
 
 def draw_samples(run, model, diffusion, guides, model_config, config, device):
-    """The run's images, uint8 [num_samples, H, W, 3] (grey repeated), its model evaluations per
-    image and the sampling time in seconds. Sample i draws its x_T, label and step noise from its own
-    streams of --seed (as image_sample.py does), so every run starts from the same noise and labels."""
+    """The run's images, uint8 [num_samples, H, W, 3] (grey repeated), their labels [num_samples], its
+    model evaluations per image and the sampling time in seconds. Sample i draws its x_T, label and
+    step noise from its own streams of --seed (as image_sample.py does), so every run starts from the
+    same noise and labels; with --class_balanced its label is i mod K."""
     counted = CountingModel(model, model_config.class_cond)
     shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
-    images = []
+    in_turn = tuple(range(model_config.num_classes)) if config.class_balanced else ()
+    images, labels = [], []
     _synchronize(device)
     start = time.perf_counter()
     for first in range(0, config.num_samples, config.batch_size):
         batch = SeededBatch(config.seed, range(first, min(first + config.batch_size, config.num_samples)))
-        labels = batch.labels(model_config.num_classes).to(device)
-        x = sample(diffusion, counted, (len(batch), *shape), sampler=run.sampler, guidance=guides,
-                   noise=batch.noise((len(batch), *shape), device), clip_denoised=config.clip_denoised,
-                   model_kwargs={"y": labels}, device=device, noise_fn=batch.noise_like)
-        images.append(to_uint8_nhwc(x).cpu().numpy())
+        y = batch.labels(model_config.num_classes, in_turn)
+        steps = samplers.sample_steps(diffusion, counted, (len(batch), *shape), sampler=run.sampler, guidance=guides,
+                                      noise=batch.noise((len(batch), *shape), device),
+                                      clip_denoised=config.clip_denoised, model_kwargs={"y": y.to(device)},
+                                      device=device, noise_fn=batch.noise_like, **dict(run.options))
+        images.append(to_uint8_nhwc(samplers.run(steps)).cpu().numpy())
+        labels.append(y.numpy())
     _synchronize(device)
     seconds = time.perf_counter() - start
-    return np.concatenate(images), counted.images_evaluated / config.num_samples, seconds
+    return np.concatenate(images), np.concatenate(labels), counted.images_evaluated / config.num_samples, seconds
 
 
 def guides_for(run, classifier, model):
@@ -178,11 +337,48 @@ def guides_for(run, classifier, model):
     return ()
 
 
-def evaluate_images(images, reference, extractor, batch_size, device):
-    """The evaluator's metrics of uint8 [N, H, W, 3] images against reference BatchStats."""
-    batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
-    acts = evaluator.batch_activations(extractor, batches, device, with_softmax=extractor.has_softmax)
-    return evaluator.compare(reference, BatchStats.from_activations(acts), acts.get("probs"), device)
+class Scorer:
+    """A run's metric columns: the evaluator's five metrics against the reference (BatchStats), the
+    FID's bootstrap spread (`rounds` resamples, 0: none) and the requested-class accuracy
+    judge(images, labels) -> float (None: no accuracy)."""
+
+    def __init__(self, reference, extractor, batch_size, device, rounds=0, seed=0, judge=None):
+        self.reference, self.extractor, self.batch_size, self.device = reference, extractor, batch_size, device
+        self.bootstrap = FidBootstrap(reference.mu, reference.sigma) if rounds else None
+        self.rounds, self.seed, self.judge = rounds, seed, judge
+
+    def __call__(self, images, labels=None):
+        """Metrics of uint8 [N, H, W, 3] images; accuracy against labels [N] (None: no accuracy)."""
+        batches = (images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size))
+        acts = evaluator.batch_activations(self.extractor, batches, self.device,
+                                           with_softmax=self.extractor.has_softmax)
+        results = evaluator.compare(self.reference, BatchStats.from_activations(acts), acts.get("probs"), self.device)
+        results |= dict(fid_std=None, fid_low=None, fid_high=None, accuracy=None)
+        if self.bootstrap is not None:
+            results |= self.bootstrap.spread(acts["pool"], results["fid"], self.rounds, self.seed)
+        if self.judge is not None and labels is not None:
+            results["accuracy"] = self.judge(images, labels)
+        return results
+
+
+def judge_module():
+    """datasets/fashion_mnist_judge.py (datasets/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("fashion_mnist_judge",
+                                                  os.path.join(REPO, "datasets", "fashion_mnist_judge.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_judge(path, image_size):
+    """accuracy(images uint8 [N, H, W, C], labels [N]) -> float of the clean judge cached at path
+    (datasets/fashion_mnist_judge.py trains and caches it there first when missing); None without a path."""
+    if not path:
+        return None
+    module = judge_module()
+    model, test_accuracy = module.load_or_train(path, image_size)
+    print(f"judge {path}: {test_accuracy:.3f} accuracy on the 10,000 real test images", flush=True)
+    return functools.partial(module.accuracy, model)
 
 
 def write_table(rows, out_dir):
@@ -199,8 +395,6 @@ def write_table(rows, out_dir):
 
 def load_model(model_config, diffusion_config, path, device):
     """The diffusion model built from its flags (the release's factory) with the checkpoint's weights."""
-    if not path:
-        raise ValueError("--model_path is required: the checkpoint to sample from")
     model, _ = create_model_and_diffusion(**as_flags(model_config, diffusion_config))
     load_checkpoint(model, path)
     return model.to(device).eval()
@@ -220,6 +414,17 @@ def feature_extractor(config, device):
     return PixelFeatures() if config.features == "pixels" else load_inception(config.inception_path or None, device)
 
 
+def _report(row):
+    """One printed line of a row."""
+    spread = "" if row["fid_std"] is None else f" +- {row['fid_std']:.3f}"
+    accuracy = "" if row["accuracy"] is None else f", judge accuracy {row['accuracy']:.3f}"
+    if row["sweep"] == "floor":
+        return f"floor ({row['num_samples']} real images): FID {row['fid']:.3f}{spread}"
+    return (f"{row['sampler']} {row['options'] or ''} {row['spacing']} {row['steps']} steps, {row['guidance']} "
+            f"guidance {row['scale']}: FID {row['fid']:.3f}{spread}{accuracy}, {row['nfe']:g} evaluations/image, "
+            f"{row['images_per_s']:.2f} images/s")
+
+
 def create_argparser():
     return config_parser(__doc__, *CONFIGS)
 
@@ -228,35 +433,39 @@ def main(argv=None):
     parser = create_argparser()
     model_config, diffusion_config, classifier_config, config = parse_configs(parser, CONFIGS, argv)
     try:
-        if diffusion_config.timestep_respacing:
-            raise ValueError("--timestep_respacing is set per run by the sweep: use --steps and --guidance_steps")
-        runs = plan_runs(config, model_config)
-        if not config.ref_batch:
-            raise ValueError("--ref_batch is required: a reference batch npz or a --save_stats file")
-    except ValueError as error:
+        runs, diffusions = check_config(config, model_config, diffusion_config)
+        real = tools.read_images(config.real_images, model_config.image_size) if config.real_images else None
+    except (ValueError, FileNotFoundError) as error:  # BatchFileError is a ValueError
         parser.error(str(error))
     device = "cuda" if th.cuda.is_available() else "cpu"
-    os.makedirs(config.out_dir, exist_ok=True)
     extractor = feature_extractor(config, device)
     try:
         reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
     except BatchFileError as error:  # missing, damaged or wrong-sized reference: a usage error, as in evaluator.py
         parser.error(str(error))
-    model = load_model(model_config, diffusion_config, config.model_path, device)
-    classifier = load_classifier(classifier_config, config.classifier_path, device)
+    judge = load_judge(config.judge, model_config.image_size)
+    score = Scorer(reference, extractor, config.eval_batch_size, device, config.bootstrap, config.seed, judge)
+    os.makedirs(config.out_dir, exist_ok=True)
     rows = []
+    if real is not None:
+        rows.append(dict.fromkeys(COLUMNS) | dict(sweep="floor", sampler="real", guidance="none", scale=0.0,
+                                                  num_samples=len(real)) | score(real))
+        write_table(rows, config.out_dir)
+        print(_report(rows[-1]), flush=True)
+    if runs:
+        model = load_model(model_config, diffusion_config, config.model_path, device)
+        classifier = load_classifier(classifier_config, config.classifier_path, device)
     for run in runs:
-        diffusion = build_diffusion(dataclasses.replace(diffusion_config,
-                                                        timestep_respacing=respacing(run.steps, config.spacing)))
         guides = guides_for(run, classifier, model)
-        images, nfe, seconds = draw_samples(run, model, diffusion, guides, model_config, config, device)
-        results = evaluate_images(images, reference, extractor, config.eval_batch_size, device)
-        row = dataclasses.asdict(run) | results | dict(nfe=nfe, images_per_s=len(images) / seconds,
-                                                         num_samples=len(images))
+        images, labels, nfe, seconds = draw_samples(run, model, diffusions[run.respacing], guides, model_config,
+                                                    config, device)
+        judged = labels if model_config.class_cond or run.guidance == "classifier" else None
+        row = dataclasses.asdict(run) | score(images, judged) | dict(
+            options=",".join(f"{k}={v}" for k, v in run.options), nfe=nfe, images_per_s=len(images) / seconds,
+            num_samples=len(images))
         rows.append({key: row[key] for key in COLUMNS})
         write_table(rows, config.out_dir)
-        print(f"{run.sampler} {run.steps} steps, {run.guidance} guidance {run.scale}: FID {results['fid']:.3f}, "
-              f"{nfe:g} evaluations/image, {len(images) / seconds:.2f} images/s", flush=True)
+        print(_report(rows[-1]), flush=True)
     written = write_table(rows, config.out_dir) + tuple(plots.plot_sweep(rows, config.out_dir))
     print("wrote " + ", ".join(written))
     return rows

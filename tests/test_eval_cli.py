@@ -139,6 +139,27 @@ def test_npz_to_png_round_trip(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "png" / f"{i:06d}.png")), images[i])
 
 
+def test_read_images_from_a_folder_or_an_npz(tmp_path):
+    images = _images(5, size=8, seed=3)
+    (tmp_path / "png" / "sub").mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "png" / "sub" / f"{i}.png")
+    (tmp_path / "png" / "notes.txt").write_text("not an image")
+    np.savez(tmp_path / "b.npz", arr_0=images)
+    np.testing.assert_array_equal(tools.read_images(str(tmp_path / "png"), 8), images)
+    np.testing.assert_array_equal(tools.read_images(str(tmp_path / "b.npz"), 8), images)
+    with pytest.raises(BatchFileError, match="5 images of 8x8 pixels; expected more than 3 images of 16x16"):
+        tools.read_images(str(tmp_path / "b.npz"), 16)
+    np.savez(tmp_path / "few.npz", arr_0=images[:3])
+    with pytest.raises(BatchFileError, match="3 images of 8x8"):
+        tools.read_images(str(tmp_path / "few.npz"), 8)
+    with pytest.raises(BatchFileError, match="does not exist"):
+        tools.read_images(str(tmp_path / "missing.npz"), 8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        tools.read_images(str(tmp_path / "empty"), 8)
+
+
 @needs_weights
 def test_make_reference_keeps_a_subset_and_statistics_over_all(tmp_path):
     folder = tmp_path / "imgs" / "sub"
