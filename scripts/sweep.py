@@ -62,7 +62,7 @@ FLAGS_OF = {"samplers": "--steps / --spacings",
             "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
 # samplers.sample_steps arguments that the sweep sets itself or that take objects (the others are --sampler_options)
 SET_BY_SWEEP = ("sampler", "guidance", "cond_fn", "noise", "clip_denoised", "denoised_fn", "model_kwargs", "device",
-                "progress", "noise_fn")
+                "progress", "noise_fn", "start_step")
 
 
 @dataclass
@@ -166,7 +166,7 @@ def respacing(steps, spacing):
 def sampler_keywords(name):
     """{keyword: default} that --sampler_options may set for sampler `name`: the keyword arguments with
     defaults of its function in samplers.SAMPLERS and of samplers.sample_steps, less SET_BY_SWEEP."""
-    solver = samplers.SAMPLERS[name][0]
+    solver = samplers.SAMPLERS[name].solve
     params = [*inspect.signature(solver).parameters.values(),
               *inspect.signature(samplers.sample_steps).parameters.values()]
     return {p.name: p.default for p in params

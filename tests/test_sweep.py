@@ -131,7 +131,7 @@ def test_the_floor_alone_needs_no_model(checkpoints, tmp_path, capsys):
     (["--spacings", "uniform"], "--spacings: unknown ['uniform']"),
     (["--guidance_scales", "2", "--guidance_baseline", "ddpm"], "--guidance_baseline must be SAMPLER:N"),
     (["--timestep_respacing", "10"], "set per run"),
-    (["--samplers", "ddpm,ddim", "--sampler_options", "churn=3"], "takes 'churn' (they take ddim: eta; ddpm: none)"),
+    (["--samplers", "ddpm,ddim", "--sampler_options", "churn=3"], "takes 'churn' (they take ddim: eta, dynamic_threshold, reclip_guided; ddpm: dynamic_threshold, reclip_guided)"),
     (["--samplers", "ddim", "--sampler_options", "eta=much"], "eta=much: expected a float"),
     (["--samplers", "ddim", "--sampler_options", "eta"], "KEY=VALUE pairs"),
     (["--judge", "judge.pt", "--image_size", "10"], "divisible by 4"),
@@ -145,7 +145,7 @@ def test_sweep_rejects_impossible_runs_before_any_work(extra, message, capsys):
 STEP_ERRORS = [  # issue 16: each of these once failed after the reference and the earlier runs, with a traceback
     (["--steps", "1"], "at least 2 steps"),
     (["--spacings", "ddim", "--steps", "10,60"], "'ddim60' fails for a 100-step diffusion (no integer stride"),
-    (["--steps", "10,150"], "'150' fails for a 100-step diffusion (cannot take 150 steps"),
+    (["--steps", "10,150"], "'150' fails for a 100-step diffusion (timestep_respacing '150' asks for 150 steps"),
 ]
 
 
@@ -198,7 +198,7 @@ def test_new_samplers_and_their_options_flow_in_without_edits(monkeypatch):
     def sample_steps(diffusion, model, shape, *, sampler="ddpm", noise=None, dynamic_threshold=None, **options):
         raise AssertionError("planning only")
 
-    monkeypatch.setitem(samplers.SAMPLERS, "churned", (churned, "score"))
+    monkeypatch.setitem(samplers.SAMPLERS, "churned", samplers.SamplerSpec(churned, "score", True))
     monkeypatch.setattr(samplers, "sample_steps", sample_steps)  # an option of every sampler
     config = sweep.SweepConfig(samplers="churned,ddpm", steps="5",
                                sampler_options="churn=10,lower_order_final=False,dynamic_threshold=0.995")
