@@ -62,7 +62,7 @@ def test_every_rank_stops_when_rank_0_finds_the_log_dir_taken(tmp_path, fashion_
     result = run_script("image_train", dict(FLAGS, data_dir=fashion_dir, max_steps=1), log_dir, ranks=2,
                         check=False, timeout=120)
     assert result.returncode != 0
-    assert f"in use by another training run (host " in result.stderr and f"pid {os.getpid()}," in result.stderr
+    assert "in use by another training run (host " in result.stderr and f"pid {os.getpid()}," in result.stderr
     assert os.listdir(log_dir) == ["run.lock"]  # neither rank started logging
 
 
