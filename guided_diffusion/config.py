@@ -231,6 +231,7 @@ class LoopConfig:
     use_bf16: bool = flag(False, "bf16 autocast of the forward pass (float32 weights)")
     init_checkpoint: str = flag("", "weights to start from at step 0 (fine-tuning)")
     max_skipped_steps: int = flag(100, "stop after this many consecutive non-finite steps")
+    num_workers: int = flag(1, "image decoding processes of the data loader (0: decode in the training process)")
 
 
 @dataclass

@@ -83,7 +83,8 @@ def zero_grad(params):
 class MixedPrecisionTrainer:
     """Owns the master parameters, the loss scale and the decision to take or skip a step.
 
-    model:              the module being trained (its conv weights half precision when use_fp16).
+    model:              the module being trained, in float32: with use_fp16 its weights become the fp32
+                        master weights, then its convert_to_fp16() casts the torso to half precision.
     use_fp16:           keep flat fp32 master copies and scale the loss by 2**lg_loss_scale.
     fp16_scale_growth:  added to lg_loss_scale after every step taken.
     initial_lg_loss_scale: log2 of the first loss scale (20 for diffusion models, 16 for classifiers).
@@ -102,6 +103,10 @@ class MixedPrecisionTrainer:
         self.last_status = STEP_TAKEN
         self._loss_sum = None
         if use_fp16:
+            if master_weights is None and any(p.dtype == th.float16 for p in self.model_params):
+                logger.warn("the model's weights are already float16, so the fp32 master weights start from "
+                            "the rounded values: build it in float32 (use_fp16=False) and let the trainer "
+                            "cast it, as the release and the training scripts do")
             self.param_groups_and_shapes = get_param_groups_and_shapes(model.named_parameters())
             self.master_params = make_master_params(self.param_groups_and_shapes)
             if master_weights is not None:

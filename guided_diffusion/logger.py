@@ -136,8 +136,9 @@ def _mean_over_ranks(sums, counts):
     return {k: s / c for k, (s, c) in total.items() if c > 0}
 
 
-def _default_dir():
-    """OPENAI_LOGDIR, else rank 0's dated folder in the temp dir (shared with the other ranks)."""
+def default_dir():
+    """OPENAI_LOGDIR, else rank 0's dated folder in the temp dir (shared with the other ranks: call it on
+    every rank)."""
     if os.environ.get("OPENAI_LOGDIR"):
         return os.environ["OPENAI_LOGDIR"]
     stamp = datetime.datetime.now().strftime("openai-%Y-%m-%d-%H-%M-%S-%f")
@@ -167,7 +168,7 @@ def configure(dir=None, format_strs=None, log_suffix=""):
     which write log-rankNNN.txt).
     """
     global _current
-    dir = os.path.expanduser(dir or _default_dir())
+    dir = os.path.expanduser(dir or default_dir())
     os.makedirs(dir, exist_ok=True)
     rank = dist_util.get_rank()
     if rank > 0:

@@ -4,6 +4,7 @@ import math
 
 import torch as th
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from .losses import mean_flat  # noqa: F401  (re-exported: the release's nn.mean_flat)
@@ -44,20 +45,19 @@ def zero_module(module):
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
-    """Sinusoidal embedding of (possibly fractional) timesteps.
+    """The sinusoidal features of (possibly fractional) timesteps, computed in float32.
 
-    timesteps: [N]; returns [N, dim]: cosines of the first half frequencies, then sines,
-    frequencies exp(-ln(max_period) * i / half) for i in [0, half).
+    timesteps: [N] (any real or integer dtype); returns [N, dim] float32. With k = dim // 2 frequencies
+    f_j = max_period ** (-j / k), j = 0 .. k - 1, row n is [cos(t_n f_0) .. cos(t_n f_{k-1}),
+    sin(t_n f_0) .. sin(t_n f_{k-1})], plus one zero column when dim is odd.
+    Float order (it fixes the bits): f_j = exp((j * -ln(max_period)) / k), then t_n * f_j.
     """
-    half = dim // 2
-    freqs = th.exp(
-        -math.log(max_period) * th.arange(half, dtype=th.float32, device=timesteps.device) / half
-    )
-    args = timesteps[:, None].float() * freqs[None]
-    embedding = th.cat([th.cos(args), th.sin(args)], dim=-1)
-    if dim % 2:
-        embedding = th.cat([embedding, th.zeros_like(embedding[:, :1])], dim=-1)
-    return embedding
+    k = dim // 2
+    j = th.arange(k, dtype=th.float32, device=timesteps.device)
+    freqs = j.mul(-math.log(max_period)).div(k).exp()
+    angles = th.outer(timesteps.float(), freqs)
+    features = th.cat((angles.cos(), angles.sin()), dim=1)
+    return F.pad(features, (0, dim - 2 * k))
 
 
 def checkpoint(func, inputs, params, flag):

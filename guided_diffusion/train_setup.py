@@ -1,32 +1,52 @@
 """What the training scripts share: the start of a run, the training images, the training loops called
 from typed configs and train_config.json's contents."""
 
-from . import dist_util, logger
+import dataclasses
+import functools
+import os
+
+from . import dist_util, logger, run_lock
 from .cli import parse_configs
 from .config import as_flags, checked_on_resume
 from .image_datasets import load_data
-from .resample import create_named_schedule_sampler
 from .train_util import TrainLoop, seed_all
 
 
 def start_training(parser, config_classes):
     """Parse the command line into one instance per config class (the last a LoopConfig), then set up
-    the processes, the log dir and the seeds. Returns the configs."""
+    the processes, lock the log dir for this run (run_lock: before anything is written there; rank 0
+    takes the lock, and if another run holds it every rank stops with LogDirInUse), start logging and
+    seed. Returns the configs."""
     configs = parse_configs(parser, config_classes)
     dist_util.setup_dist()
-    logger.configure()
+    log_dir = os.path.expanduser(logger.default_dir())
+    warnings = dist_util.on_rank0(functools.partial(run_lock.acquire, log_dir))
+    logger.configure(dir=log_dir)
+    for warning in warnings:
+        logger.warn(warning)
     seed_all(configs[-1].seed)
     return configs
 
 
-def training_images(loop_config, image_size, class_cond, num_classes, image_channels=3, **options):
-    """load_data's endless batches of the LoopConfig's data_dir; a class-conditional model must know
-    every class of the data. options: more load_data keywords (e.g. random_crop)."""
-    data = load_data(data_dir=loop_config.data_dir, batch_size=loop_config.batch_size, image_size=image_size,
-                     class_cond=class_cond, seed=loop_config.seed, image_channels=image_channels, **options)
+def training_images(loop_config, image_size, class_cond, num_classes, image_channels=3, data_dir=None, **options):
+    """load_data's endless batches of the LoopConfig's data_dir (or of data_dir, e.g. its val_data_dir),
+    decoded by its num_workers processes; a class-conditional model must know every class of the data.
+    options: more load_data keywords (e.g. random_crop)."""
+    data = load_data(data_dir=data_dir or loop_config.data_dir, batch_size=loop_config.batch_size,
+                     image_size=image_size, class_cond=class_cond, seed=loop_config.seed,
+                     num_workers=loop_config.num_workers, image_channels=image_channels, **options)
     if class_cond:
         check_num_classes(num_classes, data.class_names)
     return data
+
+
+def float32_init(model_config):
+    """model_config with its fp16 flag (use_fp16 or classifier_use_fp16) off, to build a model to train:
+    it is initialised in float32, the trainer copies these weights to its fp32 master weights and only then
+    casts the torso to float16, as the release does (built with the flag on, the masters would start
+    from the float16-rounded weights)."""
+    name = "classifier_use_fp16" if hasattr(model_config, "classifier_use_fp16") else "use_fp16"
+    return dataclasses.replace(model_config, **{name: False})
 
 
 def check_num_classes(num_classes, class_names):
@@ -43,27 +63,8 @@ def run_config(model_configs, loop_config, class_names):
             "class_names": class_names}
 
 
-def loop_options(loop_config):
-    """The keywords of TrainLoop and ClassifierTrainLoop that a LoopConfig gives."""
-    shared = ("batch_size", "microbatch", "lr", "weight_decay", "log_interval", "save_interval", "resume_checkpoint",
-              "use_bf16", "init_checkpoint", "max_skipped_steps")
-    return {name: getattr(loop_config, name) for name in shared}
-
-
 def train_diffusion(model, diffusion, data, train, model_configs, class_names):
     """Run TrainLoop to the end with a TrainConfig (`train`); model_configs: (the model's config, its
     DiffusionConfig), for --use_fp16 and train_config.json."""
-    TrainLoop(
-        model=model,
-        diffusion=diffusion,
-        data=data,
-        ema_rate=train.ema_rate,
-        use_fp16=model_configs[0].use_fp16,
-        fp16_scale_growth=train.fp16_scale_growth,
-        schedule_sampler=create_named_schedule_sampler(train.schedule_sampler, diffusion),
-        lr_anneal_steps=train.lr_anneal_steps,
-        max_steps=train.max_steps,
-        ema_warmup=train.ema_warmup,
-        run_config=run_config(model_configs, train, class_names),
-        **loop_options(train),
-    ).run_loop()
+    TrainLoop(model=model, diffusion=diffusion, data=data, config=train, use_fp16=model_configs[0].use_fp16,
+              run_config=run_config(model_configs, train, class_names)).run_loop()

@@ -26,7 +26,7 @@ from torch.optim import AdamW
 from . import dist_util, logger, train_state
 from .checkpoint import load_checkpoint, read_torch_file
 from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
-from .resample import LossAwareSampler, UniformSampler
+from .resample import LossAwareSampler, create_named_schedule_sampler
 
 
 class TrainingStopped(RuntimeError):
@@ -45,36 +45,36 @@ class _LoopBase:
     """Optimisation, checkpoints, resume and stopping shared by the diffusion and classifier loops.
 
     Subclasses implement forward_backward(batch, cond) and may extend after_step() and the saved files.
+    config is a config.LoopConfig; the subclass passes what its own config names differently (EMA rates,
+    the step limit, the fp16 scale growth) and its timestep sampler (or None).
     """
 
     initial_lg_loss_scale = 20.0
 
-    def __init__(self, *, model, data, batch_size, microbatch, lr, weight_decay, log_interval, save_interval,
-                 resume_checkpoint, use_fp16, fp16_scale_growth, schedule_sampler, ema_rate="",
-                 use_bf16=False, init_checkpoint="", max_steps=0, max_skipped_steps=100, run_config=None,
-                 ema_warmup=False):
-        if use_fp16 and use_bf16:
+    def __init__(self, *, model, data, config, use_fp16, schedule_sampler, run_config, ema_rate, ema_warmup,
+                 max_steps, fp16_scale_growth):
+        if use_fp16 and config.use_bf16:
             raise ValueError("choose one of --use_fp16 True (fp16 weights, loss scaling) and --use_bf16 True")
         self.model, self.data = model, data
-        self.batch_size = batch_size
-        self.microbatch = microbatch if microbatch > 0 else batch_size
-        self.lr, self.weight_decay = lr, weight_decay
-        self.log_interval, self.save_interval = log_interval, save_interval
+        self.batch_size = config.batch_size
+        self.microbatch = config.microbatch if config.microbatch > 0 else config.batch_size
+        self.lr, self.weight_decay = config.lr, config.weight_decay
+        self.log_interval, self.save_interval = config.log_interval, config.save_interval
         self.ema_rate, self.ema_warmup = parse_ema_rates(ema_rate), ema_warmup
-        self.use_bf16, self.max_steps, self.max_skipped_steps = use_bf16, max_steps, max_skipped_steps
+        self.use_bf16, self.max_steps, self.max_skipped_steps = config.use_bf16, max_steps, config.max_skipped_steps
         self.run_config = run_config
-        self.global_batch = batch_size * dist_util.get_world_size()
+        self.global_batch = config.batch_size * dist_util.get_world_size()
         self.log_dir = logger.get_dir()
 
-        resume = _ResumeFiles(resume_checkpoint) if resume_checkpoint else None
+        resume = _ResumeFiles(config.resume_checkpoint) if config.resume_checkpoint else None
         self.step = resume.step if resume else 0
         self._check_run_config(resume)
         self._last_checkpoint = resume.model_path if resume else None  # the newest complete set's model file
         if resume:
             logger.log(f"resuming from {resume.model_path} at step {self.step}")
-        elif init_checkpoint:
-            logger.log(f"initialising weights from {init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
-        start_path = resume.model_path if resume else init_checkpoint
+        elif config.init_checkpoint:
+            logger.log(f"initialising weights from {config.init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
+        start_path = resume.model_path if resume else config.init_checkpoint
         # The file's float32 weights: an fp16 model holds them rounded, the master weights exactly.
         start_weights = load_checkpoint(model, start_path, return_state_dict=True) if start_path else None
         dist_util.sync_params(model.parameters())
@@ -83,7 +83,7 @@ class _LoopBase:
                                                 initial_lg_loss_scale=self.initial_lg_loss_scale,
                                                 master_weights=start_weights)
         self.schedule_sampler = schedule_sampler
-        self.opt = AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.opt = AdamW(self.mp_trainer.master_params, lr=self.lr, weight_decay=self.weight_decay)
         self.ema_params = [self._load_ema(resume, rate) for rate in self.ema_rate]
         if resume:
             self._load_optimizer(resume)
@@ -288,28 +288,27 @@ class _LoopBase:
 
 
 class TrainLoop(_LoopBase):
-    """The release's diffusion training loop (same constructor keywords), plus:
+    """The diffusion training loop of image_train and super_res_train.
 
-    use_bf16:          bf16 autocast of the forward pass (fp32 weights; exclusive with use_fp16).
-    init_checkpoint:   weights to start from at step 0 (fine-tuning a released model).
-    max_steps:         stop after this many completed steps (0: run until lr_anneal_steps or forever).
-    max_skipped_steps: stop with TrainingStopped after this many consecutive skipped steps.
-    ema_warmup:        the EMA update after step n uses min(rate, (1 + n) / (10 + n)) (off: the fixed rate).
-    run_config:        {"model_flags", "train_flags", "class_names"} written to train_config.json and
-                       checked when resuming.
+    model:      the UNetModel / SuperResModel, built in float32 (with use_fp16 the fp32 master weights are
+                copied from it before its torso is cast to float16, as the release does).
+    diffusion:  the GaussianDiffusion whose training_losses it minimises.
+    data:       endless (batch [N, C, H, W] in [-1, 1], model_kwargs) pairs (load_data's stream).
+    config:     a config.TrainConfig: batch sizes, optimizer, intervals, resume/init checkpoint, EMA rates,
+                fp16 scale growth, bf16, annealing and stopping (--max_steps, --max_skipped_steps), the
+                timestep sampler's name.
+    use_fp16:   the model config's --use_fp16 (fp16 torso, fp32 master weights, dynamic loss scale).
+    run_config: {"model_flags", "train_flags", "class_names"} written to train_config.json and checked when
+                resuming (None: neither).
     """
 
-    def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
-                 save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3,
-                 schedule_sampler=None, weight_decay=0.0, lr_anneal_steps=0, **new_options):
+    def __init__(self, *, model, diffusion, data, config, use_fp16=False, run_config=None):
         self.diffusion = diffusion
-        self.lr_anneal_steps = lr_anneal_steps
-        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
-                         weight_decay=weight_decay, log_interval=log_interval, save_interval=save_interval,
-                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16,
-                         fp16_scale_growth=fp16_scale_growth,
-                         schedule_sampler=schedule_sampler or UniformSampler(diffusion), ema_rate=ema_rate,
-                         **new_options)
+        self.lr_anneal_steps = config.lr_anneal_steps
+        super().__init__(model=model, data=data, config=config, use_fp16=use_fp16,
+                         schedule_sampler=create_named_schedule_sampler(config.schedule_sampler, diffusion),
+                         run_config=run_config, ema_rate=config.ema_rate, ema_warmup=config.ema_warmup,
+                         max_steps=config.max_steps, fp16_scale_growth=config.fp16_scale_growth)
 
     def _finished(self):
         annealed = bool(self.lr_anneal_steps) and self.step >= self.lr_anneal_steps
@@ -342,19 +341,23 @@ class TrainLoop(_LoopBase):
 class ClassifierTrainLoop(_LoopBase):
     """classifier_train's loop: cross-entropy on images noised at sampled t (or clean, noised=False),
     top-1/top-5 accuracy, evaluation on val_data every eval_interval steps, optional linear lr anneal
-    to zero at `iterations`. Saves modelNNNNNN.pt and optNNNNNN.pt (no EMA) plus the resume state."""
+    to zero at `iterations`. Saves modelNNNNNN.pt and optNNNNNN.pt (no EMA) plus the resume state.
+
+    model, diffusion, data, use_fp16, run_config: as for TrainLoop (use_fp16: --classifier_use_fp16).
+    val_data:   a second stream evaluated every config.eval_interval steps, or None.
+    config:     a config.ClassifierTrainConfig (iterations, anneal_lr, noised, eval_interval and the
+                LoopConfig fields).
+    """
 
     initial_lg_loss_scale = 16.0
 
-    def __init__(self, *, model, diffusion, data, val_data, batch_size, microbatch, lr, weight_decay,
-                 anneal_lr, iterations, noised, schedule_sampler, log_interval, eval_interval, save_interval,
-                 resume_checkpoint, use_fp16=False, **new_options):
+    def __init__(self, *, model, diffusion, data, val_data, config, use_fp16=False, run_config=None):
         self.diffusion, self.val_data = diffusion, val_data
-        self.anneal_lr, self.noised, self.eval_interval = anneal_lr, noised, eval_interval
-        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
-                         weight_decay=weight_decay, log_interval=log_interval, save_interval=save_interval,
-                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, fp16_scale_growth=1e-3,
-                         schedule_sampler=schedule_sampler, max_steps=iterations, **new_options)
+        self.anneal_lr, self.noised, self.eval_interval = config.anneal_lr, config.noised, config.eval_interval
+        sampler = create_named_schedule_sampler(config.schedule_sampler, diffusion) if config.noised else None
+        super().__init__(model=model, data=data, config=config, use_fp16=use_fp16, schedule_sampler=sampler,
+                         run_config=run_config, ema_rate="", ema_warmup=False, max_steps=config.iterations,
+                         fp16_scale_growth=1e-3)
 
     def _data_streams(self):
         streams = {"train": self.data}

@@ -9,9 +9,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_classifier, build_diffusion
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, ClassifierTrainConfig, DiffusionConfig
-from guided_diffusion.image_datasets import load_data
-from guided_diffusion.resample import create_named_schedule_sampler
-from guided_diffusion.train_setup import loop_options, run_config, start_training, training_images
+from guided_diffusion.train_setup import float32_init, run_config, start_training, training_images
 from guided_diffusion.train_util import ClassifierTrainLoop
 
 CONFIGS = (ClassifierConfig, DiffusionConfig, ClassifierTrainConfig)
@@ -25,7 +23,7 @@ def main():
     classifier_config, diffusion_config, train = start_training(create_argparser(), CONFIGS)
 
     logger.log("creating model and diffusion...")
-    model = build_classifier(classifier_config).to(dist_util.dev())
+    model = build_classifier(float32_init(classifier_config)).to(dist_util.dev())
     diffusion = build_diffusion(diffusion_config)
 
     logger.log("creating data loader...")
@@ -33,28 +31,17 @@ def main():
                            classifier_config.image_channels, random_crop=True)
     val_data = None
     if train.val_data_dir:
-        val_data = load_data(data_dir=train.val_data_dir, batch_size=train.batch_size,
-                             image_size=classifier_config.image_size, class_cond=True, seed=train.seed,
-                             image_channels=classifier_config.image_channels)
+        val_data = training_images(train, classifier_config.image_size, True, classifier_config.num_classes,
+                                   classifier_config.image_channels, data_dir=train.val_data_dir)
         if val_data.class_names != data.class_names:
             raise ValueError(f"--val_data_dir has classes {val_data.class_names}, --data_dir has "
                              f"{data.class_names}: labels would not match")
 
     logger.log("training classifier model...")
-    ClassifierTrainLoop(
-        model=model,
-        diffusion=diffusion,
-        data=data,
-        val_data=val_data,
-        anneal_lr=train.anneal_lr,
-        iterations=train.iterations,
-        noised=train.noised,
-        schedule_sampler=create_named_schedule_sampler(train.schedule_sampler, diffusion) if train.noised else None,
-        eval_interval=train.eval_interval,
-        use_fp16=classifier_config.classifier_use_fp16,
-        run_config=run_config((classifier_config, diffusion_config), train, data.class_names),
-        **loop_options(train),
-    ).run_loop()
+    loop = ClassifierTrainLoop(model=model, diffusion=diffusion, data=data, val_data=val_data, config=train,
+                               use_fp16=classifier_config.classifier_use_fp16,
+                               run_config=run_config((classifier_config, diffusion_config), train, data.class_names))
+    loop.run_loop()
 
 
 if __name__ == "__main__":

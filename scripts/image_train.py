@@ -7,7 +7,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_diffusion, build_unet
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig, TrainConfig
-from guided_diffusion.train_setup import start_training, train_diffusion, training_images
+from guided_diffusion.train_setup import float32_init, start_training, train_diffusion, training_images
 
 CONFIGS = (ModelConfig, DiffusionConfig, TrainConfig)
 
@@ -20,7 +20,7 @@ def main():
     model_config, diffusion_config, train = start_training(create_argparser(), CONFIGS)
 
     logger.log("creating model and diffusion...")
-    model = build_unet(model_config, diffusion_config.learn_sigma).to(dist_util.dev())
+    model = build_unet(float32_init(model_config), diffusion_config.learn_sigma).to(dist_util.dev())
     diffusion = build_diffusion(diffusion_config)
 
     logger.log("creating data loader...")

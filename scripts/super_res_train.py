@@ -9,7 +9,7 @@ from guided_diffusion.build import build_diffusion, build_super_res
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, SuperResConfig, TrainConfig
 from guided_diffusion.image_datasets import LowResConditioned
-from guided_diffusion.train_setup import start_training, train_diffusion, training_images
+from guided_diffusion.train_setup import float32_init, start_training, train_diffusion, training_images
 
 CONFIGS = (SuperResConfig, DiffusionConfig, TrainConfig)
 
@@ -22,7 +22,7 @@ def main():
     sr_config, diffusion_config, train = start_training(create_argparser(), CONFIGS)
 
     logger.log("creating model...")
-    model = build_super_res(sr_config, diffusion_config.learn_sigma).to(dist_util.dev())
+    model = build_super_res(float32_init(sr_config), diffusion_config.learn_sigma).to(dist_util.dev())
     diffusion = build_diffusion(diffusion_config)
 
     logger.log("creating data loader...")

@@ -49,20 +49,24 @@ class SeededBatches:
         self.index = state["index"]
 
 
-def tiny_loop(log_dir, max_steps, resume="", model_flags=None, **options):
-    """A seeded TrainLoop of MICRO_UNET (updated with model_flags) on SeededBatches logging to log_dir
-    (stdout, log.txt, progress.csv): EMA rates 0.9 and 0.99, a row every step, a set every 2 steps."""
+def tiny_loop(log_dir, max_steps, resume="", model_flags=None, **config_fields):
+    """A seeded TrainLoop of MICRO_UNET (updated with model_flags; built in float32 as the training scripts
+    build it, use_fp16 goes to the loop) on SeededBatches logging to log_dir (stdout, log.txt,
+    progress.csv): EMA rates 0.9 and 0.99, a row every step, a set every 2 steps. config_fields: more
+    TrainConfig fields (they win)."""
     from guided_diffusion import logger
+    from guided_diffusion.config import TrainConfig
     from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
     from guided_diffusion.train_util import TrainLoop, seed_all
 
     logger.configure(dir=str(log_dir))
     seed_all(0)
     flags = dict(model_and_diffusion_defaults(), **MICRO_UNET, **(model_flags or {}))
-    model, diffusion = create_model_and_diffusion(**flags)
-    kwargs = dict(batch_size=2, microbatch=-1, lr=1e-3, ema_rate="0.9,0.99", log_interval=1, save_interval=2,
-                  resume_checkpoint=str(resume), max_steps=max_steps, run_config={"model_flags": flags})
-    return TrainLoop(model=model, diffusion=diffusion, data=SeededBatches(), **dict(kwargs, **options))
+    model, diffusion = create_model_and_diffusion(**dict(flags, use_fp16=False))
+    config = dict(batch_size=2, lr=1e-3, ema_rate="0.9,0.99", log_interval=1, save_interval=2,
+                  resume_checkpoint=str(resume), max_steps=max_steps)
+    return TrainLoop(model=model, diffusion=diffusion, data=SeededBatches(), config=TrainConfig(**dict(config, **config_fields)),
+                     use_fp16=flags["use_fp16"], run_config={"model_flags": flags})
 
 
 def to_argv(flags):

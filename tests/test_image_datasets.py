@@ -7,7 +7,10 @@ from PIL import Image
 
 from _train_helpers import load_fashion_module
 from guided_diffusion import dist_util, image_datasets, logger
+from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.config import TrainConfig
 from guided_diffusion.image_datasets import center_crop_arr, load_data, random_crop_arr
+from guided_diffusion.train_setup import training_images
 
 
 def _write(folder, name, color, size=(8, 8)):
@@ -122,6 +125,22 @@ def test_empty_or_missing_dir_is_a_clear_error(tmp_path):
         load_data(data_dir="", batch_size=1, image_size=8)
     with pytest.raises(ValueError, match="fewer than --batch_size"):
         load_data(data_dir=str(_folder(tmp_path / "few", 1)), batch_size=5, image_size=8)
+
+
+def test_num_workers_flag_reaches_the_loader_and_changes_no_batch(tmp_path):
+    """--num_workers (default 1, as released) sets the decoding processes; images and their augmentations
+    are drawn per item, so any worker count yields the same batches."""
+    parser, flags = config_parser("", TrainConfig), ["--data_dir", str(_folder(tmp_path)), "--batch_size", "2"]
+    (default,) = parse_configs(parser, (TrainConfig,), flags)
+    (two,) = parse_configs(parser, (TrainConfig,), flags + ["--num_workers", "2"])
+    (none,) = parse_configs(parser, (TrainConfig,), flags + ["--num_workers", "0"])
+    streams = [training_images(config, 8, True, 2, random_crop=True) for config in (default, two, none)]
+    assert [stream.num_workers for stream in streams] == [1, 2, 0]
+    batches = [[next(stream) for _ in range(4)] for stream in streams]  # two epochs of 3 batches and one more
+    for other in batches[1:]:
+        assert all(th.equal(a[0], b[0]) and th.equal(a[1]["y"], b[1]["y"]) for a, b in zip(batches[0], other))
+    for stream in streams:
+        stream.close()
 
 
 def test_low_res_conditioning_is_the_area_mean(tmp_path):

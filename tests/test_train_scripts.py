@@ -7,33 +7,77 @@ import re
 import signal
 import subprocess
 import textwrap
-import time
 
 import pytest
 import torch as th
 
+from guided_diffusion.build import build_classifier, build_unet
+from guided_diffusion.config import ClassifierConfig, ModelConfig, split_flags
+from guided_diffusion.train_util import seed_all
+
 from _train_helpers import PYTHON, REPO, TINY_CLASSIFIER, TINY_UNET, read_progress, run_python, run_script, to_argv
 
+# The start of the wrappers below: run_main(path, argv) runs a script's main() with sys.argv = [path, *argv].
+RUN_MAIN = textwrap.dedent("""
+    import importlib.util, sys
+    def run_main(path, argv):
+        spec = importlib.util.spec_from_file_location("script", path)
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        sys.argv = [path, *argv]
+        script.main()
+""")
+
 # Wraps a script under MPI: runs its main(), then compares every rank's trained weights with rank 0's.
-REPLICA_CHECK = textwrap.dedent("""
-    import importlib.util, sys, torch as th, torch.distributed as dist
+REPLICA_CHECK = RUN_MAIN + textwrap.dedent("""
+    import torch as th, torch.distributed as dist
     from guided_diffusion import train_util
     loops, run_loop = [], train_util.TrainLoop.run_loop
     def keep(self):
         loops.append(self)
         run_loop(self)
     train_util.TrainLoop.run_loop = keep
-    spec = importlib.util.spec_from_file_location("script", sys.argv[1])
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    sys.argv = sys.argv[1:]
-    script.main()
+    run_main(sys.argv[1], sys.argv[2:])
     flat = th.cat([p.detach().flatten() for p in loops[0].model.parameters()])
     every = [th.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(every, flat)
     if dist.get_rank() == 0:
         print("MAX_REPLICA_DIFF", max((x - every[0]).abs().max().item() for x in every))
 """)
+
+# Runs a training script (argv[2:]) until its loop is built, then saves the loop's fp32 master weights (at
+# step 0) to argv[1] instead of training.
+MASTERS_AT_START = RUN_MAIN + textwrap.dedent("""
+    import torch as th
+    from guided_diffusion import train_util
+    def save_masters(self, out=sys.argv[1]):
+        assert self.mp_trainer.use_fp16 and any(p.dtype == th.float16 for p in self.model.parameters())
+        th.save(self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params), out)
+    train_util._LoopBase.run_loop = save_masters
+    run_main(sys.argv[2], sys.argv[3:])
+""")
+
+
+@pytest.mark.parametrize("script", ["image_train", "classifier_train"])
+def test_fp16_master_weights_start_from_the_float32_initialisation(tmp_path, fashion_dir, script):
+    """As released: the script builds the model in float32 and the trainer copies those weights to its fp32
+    masters before casting the torso, so the masters at step 0 are the seed's float32 initialisation."""
+    if script == "image_train":
+        flags, build, config_class, fp16_flag = TINY_UNET, build_unet, ModelConfig, "use_fp16"
+    else:
+        flags, build, config_class, fp16_flag = TINY_CLASSIFIER, build_classifier, ClassifierConfig, "classifier_use_fp16"
+    flags = dict(flags, **{fp16_flag: True})
+    wrapper, saved = tmp_path / "masters.py", tmp_path / "masters.pt"
+    wrapper.write_text(MASTERS_AT_START)
+    argv = [REPO / "scripts" / f"{script}.py", *to_argv(dict(flags, data_dir=fashion_dir, batch_size=4, seed=5))]
+    run_python([wrapper, saved, *argv], env={"OPENAI_LOGDIR": str(tmp_path / "log")})
+    float32_flags = {k: v for k, v in flags.items() if k != "diffusion_steps"}
+    seed_all(5)
+    initial = build(split_flags(dict(float32_flags, **{fp16_flag: False}), config_class)[0]).state_dict()
+    masters = th.load(saved, weights_only=True)
+    assert all(v.dtype == th.float32 for v in [*masters.values(), *initial.values()])
+    assert masters.keys() == initial.keys() and all(th.equal(masters[k], v) for k, v in initial.items())
+    assert not all(th.equal(v.half().float(), v) for v in initial.values())  # rounding would have shown
 
 
 def test_mpiexec_two_ranks_identical_replicas_and_files(tmp_path, fashion_dir):
@@ -138,15 +182,14 @@ def test_mpiexec_resume_is_exact(tmp_path, fashion_dir):
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_dir):
     """As a cluster scheduler does: the signal reaches the data-loading worker too."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=2,
-                 log_interval=1000, save_interval=100000)
-    env = dict(os.environ, OPENAI_LOGDIR=str(tmp_path), OMP_NUM_THREADS="1")
+                 log_interval=1, save_interval=100000)
+    env = dict(os.environ, OPENAI_LOGDIR=str(tmp_path), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([PYTHON, str(REPO / "scripts" / "image_train.py"), *to_argv(flags)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     for line in proc.stdout:
-        if line.startswith("training"):
+        if re.match(r"\|\s*step\s*\|", line):  # a logged row: the loop (and its signal handlers) runs
             break
-    time.sleep(3)
     os.killpg(proc.pid, signal.SIGTERM)
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM, rest  # a stopped run does not look finished

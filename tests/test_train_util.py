@@ -10,30 +10,30 @@ import torch.nn as nn
 
 from guided_diffusion import logger, train_state
 from guided_diffusion.checkpoint import CheckpointMismatchError
+from guided_diffusion.config import TrainConfig
 from guided_diffusion.fp16_util import GRAD_OVERFLOW, NONFINITE_LOSS, STEP_TAKEN, MixedPrecisionTrainer
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainingStopped, TrainLoop, ema_rate_at, log_loss_dict, seed_all, update_ema
 
 from _train_helpers import TINY_UNET, read_progress, tiny_loop
 
 
-def make_loop(log_dir, data_dir, resume="", data=None, model_overrides=None, **options):
-    """A tiny class-conditional, learned-sigma, dropout UNet on Fashion-MNIST, seeded like a script."""
+def make_loop(log_dir, data_dir, resume="", data=None, model_overrides=None, **config_fields):
+    """A tiny class-conditional, learned-sigma, dropout UNet on Fashion-MNIST, seeded and built (in float32,
+    use_fp16 going to the loop) like a script; config_fields: TrainConfig fields (they win)."""
     logger.configure(dir=str(log_dir), format_strs=["csv"])
     seed_all(0)
     flags = model_and_diffusion_defaults()
     flags.update(TINY_UNET, dropout=0.1, learn_sigma=True, **(model_overrides or {}))
-    model, diffusion = create_model_and_diffusion(**flags)
+    model, diffusion = create_model_and_diffusion(**dict(flags, use_fp16=False))
     if data is None:
         data = load_data(data_dir=str(data_dir), batch_size=4, image_size=32, class_cond=True, num_workers=0)
-    kwargs = dict(batch_size=4, microbatch=2, lr=1e-3, ema_rate="0.9,0.99", log_interval=3, save_interval=3,
-                  resume_checkpoint=resume, schedule_sampler=create_named_schedule_sampler("loss-second-moment",
-                                                                                          diffusion),
-                  run_config={"model_flags": flags, "class_names": getattr(data, "class_names", None)})
-    kwargs.update(options)
-    return TrainLoop(model=model, diffusion=diffusion, data=data, **kwargs)
+    config = dict(batch_size=4, microbatch=2, lr=1e-3, ema_rate="0.9,0.99", log_interval=3, save_interval=3,
+                  resume_checkpoint=resume, schedule_sampler="loss-second-moment")
+    return TrainLoop(model=model, diffusion=diffusion, data=data, config=TrainConfig(**dict(config, **config_fields)),
+                     use_fp16=flags["use_fp16"],
+                     run_config={"model_flags": flags, "class_names": getattr(data, "class_names", None)})
 
 
 def _load(path):
@@ -188,8 +188,7 @@ def test_fp32_grad_norm_matches_the_definition(tmp_path):
 
 
 def test_fp16_unet_trains_with_fp32_checkpoints(tmp_path, fashion_dir):
-    loop = make_loop(tmp_path, fashion_dir, max_steps=2, save_interval=2, use_fp16=True,
-                     model_overrides={"use_fp16": True})
+    loop = make_loop(tmp_path, fashion_dir, max_steps=2, save_interval=2, model_overrides={"use_fp16": True})
     loop.run_loop()
     assert loop.model.input_blocks[0][0].weight.dtype == th.float16
     saved = _load(tmp_path / "model000002.pt")
@@ -199,7 +198,7 @@ def test_fp16_unet_trains_with_fp32_checkpoints(tmp_path, fashion_dir):
 
 def test_fp16_resume_takes_the_fp32_master_weights_from_the_checkpoint(tmp_path):
     """A use_fp16 model holds its weights rounded to half; resuming restores the exact fp32 masters."""
-    fp16 = dict(use_fp16=True, model_flags={"use_fp16": True})
+    fp16 = dict(model_flags={"use_fp16": True})
     tiny_loop(tmp_path / "a", max_steps=4, **fp16).run_loop()
     tiny_loop(tmp_path / "b", max_steps=2, **fp16).run_loop()
     resumed = tiny_loop(tmp_path / "b", max_steps=4, resume=tmp_path / "b" / "model000002.pt", **fp16)
@@ -210,6 +209,16 @@ def test_fp16_resume_takes_the_fp32_master_weights_from_the_checkpoint(tmp_path)
     resumed.run_loop()
     for name in ["model000004.pt", "ema_0.9_000004.pt"]:
         _assert_same_state(_load(tmp_path / "a" / name), _load(tmp_path / "b" / name))
+
+
+def test_fp16_trainer_warns_when_its_model_is_already_rounded(tmp_path, capsys):
+    """Masters taken from a model built with use_fp16 start from float16-rounded weights: said in the log."""
+    logger.configure(dir=str(tmp_path), format_strs=["stdout"])
+    float32_model = Toy()
+    MixedPrecisionTrainer(model=float32_model, use_fp16=True)
+    assert "WARNING" not in capsys.readouterr().out
+    MixedPrecisionTrainer(model=float32_model, use_fp16=True)  # now its conv is float16
+    assert "already float16" in capsys.readouterr().out
 
 
 def test_bf16_autocast_step(tmp_path, fashion_dir):

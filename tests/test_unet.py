@@ -96,13 +96,36 @@ def test_resblock_rescale_divides_by_sqrt2():
     assert th.allclose(rescaled(x, emb) * math.sqrt(2), plain(x, emb), atol=1e-5)
 
 
-def test_timestep_embedding_closed_form():
-    t = th.tensor([0.0, 3.0, 999.0])
-    emb = timestep_embedding(t, 8)
-    freqs = th.tensor([math.exp(-math.log(10000) * i / 4) for i in range(4)])
-    expected = th.cat([th.cos(t[:, None] * freqs), th.sin(t[:, None] * freqs)], dim=1)
-    assert th.allclose(emb, expected, atol=2e-4)  # float32 arguments up to 999 rad
-    assert timestep_embedding(t, 9).shape == (3, 9)
+EMBED_T = th.cat([th.arange(0, 4000, 3).float(), th.tensor([0.25, 0.5, 1.5, 999.75, 3999.75])])
+
+
+@pytest.mark.parametrize("max_period", [10000, 10])
+@pytest.mark.parametrize("dim", [2, 3, 8, 33, 128, 257])
+def test_timestep_embedding_is_the_float64_closed_form_up_to_float32_rounding(dim, max_period):
+    """[cos(t f_j), sin(t f_j)] with f_j = P^(-j / k), k = dim // 2, (+ a zero column for odd dim) in
+    float64. The float32 error bound: the exponent j * ln(P) / k is rounded (3 roundings, each <= u|.|),
+    exp adds <= 2u, t * f one more u, so |angle error| <= u |angle| (3 ln P + 3); cos/sin add <= 2u."""
+    u, k = 2.0 ** -24, dim // 2
+    angles = EMBED_T.double()[:, None] * th.exp(-math.log(max_period) * th.arange(k, dtype=th.float64) / k)
+    pad = th.zeros(len(EMBED_T), dim - 2 * k, dtype=th.float64)
+    expected = th.cat([angles.cos(), angles.sin(), pad], dim=1)
+    bound = u * (2 + angles.abs() * (3 * math.log(max_period) + 3))
+    emb = timestep_embedding(EMBED_T, dim, max_period)
+    assert emb.dtype == th.float32 and emb.shape == (len(EMBED_T), dim)
+    assert ((emb.double() - expected).abs() <= th.cat([bound, bound, pad], dim=1)).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3, 8, 33, 128, 192, 257, 1024])
+def test_timestep_embedding_follows_its_float_order_bit_for_bit(dim):
+    """The documented float32 order (the release's, so released models see the same features):
+    f_j = exp((j * -ln P) / k), then t * f_j; cosines, sines, and a zero column for odd dim."""
+    k = dim // 2
+    exponents = th.arange(k, dtype=th.float32) * -math.log(10000)
+    freqs = th.exp(exponents / k)
+    angles = EMBED_T[:, None] * freqs[None, :]
+    expected = th.cat([th.cos(angles), th.sin(angles), th.zeros(len(EMBED_T), dim % 2)], dim=1)
+    assert th.equal(timestep_embedding(EMBED_T, dim), expected)
+    assert th.equal(timestep_embedding(EMBED_T.long(), dim), timestep_embedding(EMBED_T.long().float(), dim))
 
 
 def tiny_unet(**overrides):

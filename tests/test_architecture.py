@@ -1,0 +1,61 @@
+"""docs/architecture.md's layer table is the import rule: every package module sits in exactly one layer,
+and imports modules of its own layer or of the layers below it only; evaluations/ imports none of them."""
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "guided_diffusion"
+
+
+def layers_on_the_page():
+    """[(layer name, {module names})] from the page's table, top layer first (scripts: "scripts/*")."""
+    rows = re.findall(r"^\| ([a-z ]+) \| (`.*?) \|", (REPO / "docs" / "architecture.md").read_text(), re.M)
+    return [(name, {m.removesuffix(".py") for m in re.findall(r"`([^`]+)`", cell)}) for name, cell in rows]
+
+
+def package_imports(source):
+    """Names of the guided_diffusion modules Python source imports (at any depth of its code)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
+            parts = (node.module or "").split(".")
+            parts = parts[1:] if parts[0] == PACKAGE else parts  # "guided_diffusion[.x]" -> [] or ["x"]
+            found |= {parts[0]} if parts and parts[0] else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith(PACKAGE + ".")}
+    return found
+
+
+def test_every_module_is_in_exactly_one_layer():
+    listed = [m for _, modules in layers_on_the_page() for m in modules if m != "scripts/*"]
+    modules = sorted(p.stem for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__")
+    assert sorted(listed) == modules, "add new modules to the table in docs/architecture.md (once)"
+
+
+def test_modules_import_only_their_own_layer_and_the_layers_below():
+    layers = layers_on_the_page()
+    assert layers[0] == ("scripts", {"scripts/*"})
+    depth = {m: i for i, (_, modules) in enumerate(layers) for m in modules}
+    files = {p.stem: p for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__"}
+    files.update({f"scripts/{p.stem}": p for p in (REPO / "scripts").glob("*.py")})
+    broken = []
+    for name, path in sorted(files.items()):
+        own = depth["scripts/*"] if name.startswith("scripts/") else depth[name]
+        broken += [f"{name} ({layers[own][0]}) imports {m} ({layers[depth[m]][0]})"
+                   for m in sorted(package_imports(path.read_text())) if depth[m] < own]
+    assert not broken
+
+
+def test_the_evaluations_import_nothing_of_the_package():
+    imports = {p.name: package_imports(p.read_text()) for p in (REPO / "evaluations").glob("*.py")}
+    assert {name: found for name, found in imports.items() if found} == {}
+
+
+def test_the_import_reader_sees_every_form():
+    source = ("from . import dist_util, logger\nfrom .checkpoint import load_checkpoint\n"
+              "from guided_diffusion.config import TrainConfig\nfrom guided_diffusion import build\n"
+              "import guided_diffusion.unet as unet\ndef f():\n    from .cli import parse_configs\n"
+              "import os\nfrom torch import nn\n")
+    assert package_imports(source) == {"dist_util", "logger", "checkpoint", "config", "build", "unet", "cli"}
