@@ -270,14 +270,14 @@ class GuidedDenoiser:
 
     def _model_output(self, x, model_t, t, seen, **model_kwargs):
         """The model's output at (x, model_t) as p_mean_variance reads it: both branches in one forward
-        when a guide has a null class, the on_model_output guides' shift of the raw eps applied."""
+        when a guide has a null class, the on_model_output guides' shift of the raw eps applied. Records
+        in `seen` what the guides read (nothing without guides)."""
         output, uncond_output = self._forward(x, model_t, model_kwargs)
-        seen.update(t=model_t, uncond_eps=None if uncond_output is None else self._eps(uncond_output, x, t))
         if self.output_guides:
             raw = self.denoiser.xstart(self.denoiser.split(output, x)[0], x, t)
-            inputs = self._guide_inputs(dict(seen, eps=self._eps(output, x, t)), x, t, raw)
+            inputs = self._guide_inputs(dict(output=output, uncond_output=uncond_output), x, t, raw)
             output = self._shift_output(output, x, t, self._total(self.output_guides, x, model_t, inputs))
-        seen["eps"] = self._eps(output, x, t)
+        seen.update(t=model_t, output=output, uncond_output=uncond_output)
         return output
 
     def _forward(self, x, model_t, model_kwargs):
@@ -302,13 +302,14 @@ class GuidedDenoiser:
         return mean_output if variance_output is None else th.cat([mean_output, variance_output], dim=1)
 
     def _guide_inputs(self, seen, x, t, pred_xstart):
-        """What a guide reads: eps, pred_xstart, alpha_bar [N, 1, ...] and, with a null class, eps_uncond."""
+        """What a guide reads: eps, pred_xstart, alpha_bar [N, 1, ...] and, with a null class, eps_uncond
+        (from the model outputs recorded in `seen`)."""
         inputs = GuideInputs(
-            eps=seen["eps"], pred_xstart=pred_xstart,
+            eps=self._eps(seen["output"], x, t), pred_xstart=pred_xstart,
             alpha_bar=gather(self.schedule.alphas_cumprod, t, (x.shape[0],) + (1,) * (x.dim() - 1)),
         )
-        if seen["uncond_eps"] is not None:
-            inputs["eps_uncond"] = seen["uncond_eps"]
+        if seen["uncond_output"] is not None:
+            inputs["eps_uncond"] = self._eps(seen["uncond_output"], x, t)
         return inputs
 
     def _cond_fn(self, guides, inputs):
