@@ -86,13 +86,47 @@ def test_classifier_train_runs_on_cpu_evaluates_and_resumes(tmp_path, fashion_di
     assert read_progress(tmp_path)[-1]["step"] == 6 and (tmp_path / "model000006.pt").exists()
 
 
+# Runs super_res_train.py recording, at every training_losses call, the clean batch and model_kwargs'
+# low_res, and the low_res the model itself receives; saves them to argv[1].
+SUPER_RES_PROBE = textwrap.dedent("""
+    import runpy, sys, torch as th
+    from guided_diffusion.gaussian_diffusion import GaussianDiffusion
+    from guided_diffusion.unet import SuperResModel
+    seen = {"x_start": [], "low_res": [], "model_low_res": []}
+    training_losses, forward = GaussianDiffusion.training_losses, SuperResModel.forward
+    def record_losses(self, model, x_start, t, model_kwargs=None, noise=None):
+        seen["x_start"].append(x_start.clone())
+        seen["low_res"].append(model_kwargs["low_res"].clone())
+        return training_losses(self, model, x_start, t, model_kwargs=model_kwargs, noise=noise)
+    def record_forward(self, x, timesteps, low_res=None, **kwargs):
+        seen["model_low_res"].append(low_res.detach().clone())
+        return forward(self, x, timesteps, low_res=low_res, **kwargs)
+    GaussianDiffusion.training_losses, SuperResModel.forward = record_losses, record_forward
+    out, sys.argv = sys.argv[1], sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    th.save(seen, out)
+""")
+
+
 def test_super_res_train_conditions_on_area_downsampled_images(tmp_path, fashion_dir):
-    """At a size without a default channel multiplier (the release's upsampler knew 64, 256 and 512 only)."""
-    flags = dict(data_dir=fashion_dir, large_size=32, small_size=16, channel_mult="1,2", num_channels=32,
+    """At a size without a default channel multiplier (the release's upsampler knew 64, 256 and 512 only):
+    32 -> 8, so each low-res pixel is the mean of a 4 x 4 block (bilinear or nearest would differ)."""
+    flags = dict(data_dir=fashion_dir, large_size=32, small_size=8, channel_mult="1,2", num_channels=32,
                  num_res_blocks=1, attention_resolutions="8", diffusion_steps=100, batch_size=2, max_steps=2,
                  log_interval=2)
-    run_script("super_res_train", flags, tmp_path)
+    probe = tmp_path / "probe.py"
+    probe.write_text(SUPER_RES_PROBE)
+    run_python([probe, tmp_path / "seen.pt", REPO / "scripts" / "super_res_train.py", *to_argv(flags)],
+               env={"OPENAI_LOGDIR": str(tmp_path)})
     assert (tmp_path / "model000002.pt").exists() and read_progress(tmp_path)[-1]["loss"] > 0
+    seen = th.load(tmp_path / "seen.pt", weights_only=True)
+    assert len(seen["x_start"]) == 2 and len(seen["model_low_res"]) == 2
+    for x_start, low_res, model_low_res in zip(seen["x_start"], seen["low_res"], seen["model_low_res"]):
+        assert x_start.shape == (2, 3, 32, 32) and low_res.shape == (2, 3, 8, 8)
+        assert x_start.std() > 0.3  # Fashion-MNIST items, not flat blocks
+        assert th.allclose(low_res, x_start.view(2, 3, 8, 4, 8, 4).mean(dim=(3, 5)), atol=1e-6)
+        assert th.equal(model_low_res, low_res)
+    assert not th.equal(seen["low_res"][0], seen["low_res"][1])
 
 
 @pytest.mark.parametrize("case", ["empty_dir", "missing_resume", "other_flags", "too_many_classes"])
