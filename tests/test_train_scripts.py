@@ -169,6 +169,45 @@ def test_mpiexec_resume_is_exact(tmp_path, fashion_dir):
     assert read_progress(tmp_path / "straight")[-1] == read_progress(tmp_path / "split")[-1]
 
 
+RESUMED_RUNS = {  # script, its flags, the flag that sets the step count, the files of a checkpoint set
+    "classifier_train": ("classifier_train", dict(TINY_CLASSIFIER, image_size=16, classifier_attention_resolutions="8",
+                                                  eval_interval=1),
+                         "iterations", ["model", "opt"]),
+    "super_res_train": ("super_res_train", dict(large_size=32, small_size=8, channel_mult="1,2", num_channels=32,
+                                                num_res_blocks=1, attention_resolutions="8", diffusion_steps=100,
+                                                class_cond=True, dropout=0.1, learn_sigma=True),
+                        "max_steps", ["model", "ema_0.9999_", "opt"]),
+    "bf16": ("image_train", dict(TINY_UNET, image_size=16, attention_resolutions="8", dropout=0.1, learn_sigma=True,
+                                 use_bf16=True), "max_steps", ["model", "ema_0.9999_", "opt"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMED_RUNS))
+def test_resume_is_exact(tmp_path, fashion_dir, case):
+    """2 steps, then a resume for 2 more, gives the weights, EMA, optimizer state and logged losses
+    of 4 uninterrupted steps (RNG, data and validation streams, schedule sampler restored)."""
+    script, flags, steps_flag, prefixes = RESUMED_RUNS[case]
+    flags = dict(flags, data_dir=fashion_dir, batch_size=2, log_interval=1, save_interval=2)
+    if script == "classifier_train":
+        flags["val_data_dir"] = fashion_dir
+    run_script(script, dict(flags, **{steps_flag: 4}), tmp_path / "straight")
+    run_script(script, dict(flags, **{steps_flag: 2}), tmp_path / "split")
+    run_script(script, dict(flags, **{steps_flag: 4}, resume_checkpoint=tmp_path / "split" / "model000002.pt"),
+               tmp_path / "split")
+    for prefix in prefixes:
+        a, b = (th.load(tmp_path / run / f"{prefix}000004.pt", weights_only=True) for run in ("straight", "split"))
+        if prefix == "opt":
+            a, b = a["state"], b["state"]
+            a, b = ({f"{i}.{k}": v for i, state in x.items() for k, v in state.items()} for x in (a, b))
+        assert a.keys() == b.keys() and all(th.equal(a[k], b[k]) for k in a), prefix
+    straight, split = read_progress(tmp_path / "straight"), read_progress(tmp_path / "split")
+    assert [row["step"] for row in split] == [1, 2, 3, 4] and split == straight
+    assert straight[-1]["train_loss" if script == "classifier_train" else "loss"] > 0
+    first = th.load(tmp_path / "straight" / "model000002.pt", weights_only=True)
+    last = th.load(tmp_path / "straight" / "model000004.pt", weights_only=True)
+    assert any(not th.equal(first[k], last[k]) for k in first)  # steps 3 and 4 did train
+
+
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_dir):
     """As a cluster scheduler does: the signal reaches the data-loading worker too."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=2,
