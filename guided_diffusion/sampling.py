@@ -89,36 +89,48 @@ def sample_all(sample_batch, num_samples, batch_size, seed, sample_shape, device
     rank makes the same number of collective calls (a rank whose share is used up sends nothing).
     sample_shape: (C, H, W) of one sample. Returns (images uint8 [num_samples, H, W, 3], labels int64
     [num_samples] or None) in index order on rank 0, (None, None) on the other ranks.
+
+    Memory: each round's gathered rows go straight into rank 0's host (CPU) arrays at their sample
+    indices, so the sampling device holds one round (world_size * batch_size images) at a time and the
+    host holds the result once (num_samples * H * W * 3 bytes); the other ranks keep nothing.
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num_samples ({num_samples}) and --batch_size ({batch_size}) must be at least 1")
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
-    shard = shard_range(num_samples, rank, world_size)
-    rounds = math.ceil(math.ceil(num_samples / world_size) / batch_size)
-    image_blocks, label_blocks = [], []  # per round, the list over ranks (rank 0 only)
-    bar = _progress_bar(len(shard)) if progress and rank == 0 else None
+    shards = [shard_range(num_samples, r, world_size) for r in range(world_size)]
+    rounds = math.ceil(len(shards[0]) / batch_size)  # rank 0 has the largest share
+    keep = rank == 0
+    all_images = th.empty((num_samples, *sample_shape[1:], 3), dtype=th.uint8) if keep else None
+    all_labels = th.empty((num_samples,), dtype=th.int64) if keep and with_labels else None
+    bar = _progress_bar(len(shards[rank])) if progress and keep else None
     for r in range(rounds):
-        indices = shard[r * batch_size:(r + 1) * batch_size]
+        indices = shards[rank][r * batch_size:(r + 1) * batch_size]
         images = th.zeros((0, *sample_shape[1:], 3), dtype=th.uint8, device=device)
         labels = th.zeros((0,), dtype=th.int64, device=device)
         if len(indices):
             x, labels = sample_batch(SeededBatch(seed, indices))
             images = to_uint8_nhwc(x)
-        image_blocks.append(dist_util.all_gather_rows(images))
+        _to_host(dist_util.all_gather_rows(images), shards, r, batch_size, all_images)
         if with_labels:
-            label_blocks.append(dist_util.all_gather_rows(labels.to(device=device, dtype=th.int64)))
+            _to_host(dist_util.all_gather_rows(labels.to(device=device, dtype=th.int64)), shards, r, batch_size,
+                     all_labels)
         if bar is not None:
             bar.update(len(indices))
     if bar is not None:
         bar.close()
-    if rank != 0:
+    if not keep:
         return None, None
-    return _in_index_order(image_blocks), _in_index_order(label_blocks) if with_labels else None
+    return all_images.numpy(), all_labels.numpy() if with_labels else None
 
 
-def _in_index_order(rounds):
-    """Blocks gathered per round (each a list over ranks) -> one array, rank by rank: index order."""
-    return th.cat([block.cpu() for rank_blocks in zip(*rounds) for block in rank_blocks]).numpy()
+def _to_host(blocks, shards, r, batch_size, out):
+    """Copies round r's gathered blocks (blocks[k]: rank k's rows, on the sampling device) into the host
+    tensor `out` at their sample indices; out is None on the ranks that keep nothing."""
+    if out is None:
+        return
+    for block, shard in zip(blocks, shards):
+        indices = shard[r * batch_size:(r + 1) * batch_size]
+        out[indices.start:indices.start + len(indices)].copy_(block)
 
 
 def _progress_bar(total):

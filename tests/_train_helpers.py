@@ -1,7 +1,9 @@
 """Helpers the test files import: tiny model flags, a tiny seeded training loop, the Fashion-MNIST export,
-and running Python files and scripts in subprocesses (one process or mpiexec). Fixtures: conftest.py."""
+the sampled images alive in a process, and running Python files and scripts in subprocesses (one process
+or mpiexec). Fixtures: conftest.py."""
 
 import csv
+import gc
 import importlib.util
 import os
 import subprocess
@@ -67,6 +69,22 @@ def tiny_loop(log_dir, max_steps, resume="", model_flags=None, **config_fields):
                   resume_checkpoint=str(resume), max_steps=max_steps)
     return TrainLoop(model=model, diffusion=diffusion, data=SeededBatches(), config=TrainConfig(**dict(config, **config_fields)),
                      use_fp16=flags["use_fp16"], run_config={"model_flags": flags})
+
+
+def live_image_bytes(height, width):
+    """{device type: bytes} of the uint8 image tensors [n, height, width, 3] alive in this process now
+    (each storage counted once, empty ones left out): where sampled images are being kept."""
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, th.Tensor) and obj.dtype == th.uint8 and tuple(obj.shape[1:]) == (height, width, 3):
+            storage = obj.untyped_storage()
+            storages[obj.device.type, storage.data_ptr()] = storage.nbytes()
+    totals = {}
+    for (device, _), nbytes in storages.items():
+        if nbytes:
+            totals[device] = totals.get(device, 0) + nbytes
+    return totals
 
 
 def to_argv(flags):

@@ -29,11 +29,20 @@ def test_round_trip_loads_the_same_weights(tmp_path):
 
 
 def test_fp16_saved_weights_load_into_fp32_model(tmp_path):
+    th.manual_seed(0)
     model = su.create_model(**BASE)
+    with th.no_grad():
+        for p in model.parameters():
+            p.normal_()  # no zero-initialised layer: every value is checked
     model.convert_to_fp16()
-    th.save(model.state_dict(), tmp_path / "half.pt")
+    half = model.state_dict()
+    assert {v.dtype for v in half.values()} == {th.float16, th.float32}  # convs and linears in fp16
+    th.save(half, tmp_path / "half.pt")
     loaded = load_checkpoint(su.create_model(**BASE), str(tmp_path / "half.pt"))
-    assert all(p.dtype == th.float32 for p in loaded.parameters())
+    state = loaded.state_dict()
+    assert state.keys() == half.keys()
+    for key, value in half.items():
+        assert state[key].dtype == th.float32 and th.equal(state[key], value.float()), key
 
 
 @pytest.mark.parametrize(

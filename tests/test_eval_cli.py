@@ -105,15 +105,28 @@ def test_save_stats_writes_the_release_keys(tmp_path):
 @needs_weights
 def test_inception_score_uses_the_softmax_of_sample_features(tmp_path):
     model = weights.load_inception()
-    model.softmax_weights.normal_(generator=th.Generator().manual_seed(0))
+    # weights of std 0.5 keep the softmax soft (IS 1.74 here), so the score depends on every probability
+    model.softmax_weights.normal_(std=0.5, generator=th.Generator().manual_seed(0))
     model.has_softmax = True
     path = tmp_path / "b.npz"
-    np.savez(path, arr_0=_images(4, seed=3))
+    images = _images(4, seed=3)
+    np.savez(path, arr_0=images)
+    # the IS by hand, in float64: p = softmax(pool_3 @ W) of these images, exp(mean_i KL(p_i || mean p))
+    with th.no_grad():
+        pool = model(th.from_numpy(images))[0].double()
+    logits = (pool @ model.softmax_weights.double()).numpy()
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected = np.exp((p * (np.log(p) - np.log(p.mean(axis=0)))).sum(axis=1).mean())
+    assert 1.2 < expected < 3.8  # neither one class for all nor a different certain class each
+    # the evaluator's own path for a sample batch (evaluate's call)
+    stats, probs = evaluator.batch_stats(str(path), evaluator.check_samples(str(path), model.feature_dims), model,
+                                         batch_size=3, with_softmax=True)
+    assert probs.shape == (4, 1008) and stats.count == 4
+    np.testing.assert_allclose(probs, p, rtol=1e-4, atol=1e-9)
+    assert metrics.inception_score(probs) == pytest.approx(expected, rel=1e-5)
     three_d = dict(mu=np.zeros(3), sigma=np.eye(3), mu_s=np.zeros(3), sigma_s=np.eye(3))
     np.savez(tmp_path / "ref.npz", arr_0=_images(5, seed=4), **three_d)
-    acts = evaluator.npz_activations(model, str(path), 4, "cpu", with_softmax=True)
-    assert acts["probs"].shape == (4, 1008)
-    assert 1.0 <= metrics.inception_score(acts["probs"]) <= 4.0
     with pytest.raises(ValueError, match="feature sizes are 2048"):  # stored 3-d stats vs 2048-d features
         evaluator.evaluate(str(tmp_path / "ref.npz"), str(path), model, batch_size=4)
 

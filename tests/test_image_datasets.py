@@ -42,11 +42,36 @@ def test_center_crop_halves_with_box_filter_first():
     assert np.array_equal(out[..., 0], expected)
 
 
+def _windows_of_resized(img, image_size, sides):
+    """{(side, top, left): window} of every image_size x image_size window of img resized (BICUBIC) so
+    that its smaller side is `side`, for each side in sides."""
+    width, height = img.size
+    windows = {}
+    for side in sides:
+        resized = np.array(img.resize((round(width * side / height), side), resample=Image.BICUBIC))
+        for top in range(resized.shape[0] - image_size + 1):
+            for left in range(resized.shape[1] - image_size + 1):
+                windows[side, top, left] = resized[top:top + image_size, left:left + image_size]
+    return windows
+
+
 def test_random_crop_is_a_window_of_the_resized_image_and_seeded():
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
-    a = random_crop_arr(img, 32, rng=np.random.default_rng(5))
-    b = random_crop_arr(img, 32, rng=np.random.default_rng(5))
-    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+    # a 64 x 50 noise image (no halving for 32: 50 < 64): the smaller side is resized to a size in
+    # [32, ceil(32 / 0.8) = 40], then a 32 x 32 window is cut; noise makes every window distinct
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 64, 3), dtype=np.uint8))
+    windows = _windows_of_resized(img, 32, range(32, 41))
+    found = []
+    for seed in range(40):
+        crop = random_crop_arr(img, 32, rng=np.random.default_rng(seed))
+        assert crop.shape == (32, 32, 3)
+        assert np.array_equal(crop, random_crop_arr(img, 32, rng=np.random.default_rng(seed)))
+        matches = [key for key, window in windows.items() if np.array_equal(crop, window)]
+        assert len(matches) == 1, f"seed {seed}: the crop is not one window of the resized image"
+        found.append(matches[0])
+    sides = {side for side, _, _ in found}
+    assert len(sides) >= 6 and min(sides) <= 33 and max(sides) >= 39  # the size is drawn over the range
+    assert len({top for _, top, _ in found}) >= 4 and len({left for _, _, left in found}) >= 8  # the position too
+    assert len(set(found)) >= 30  # different seeds, different crops
 
 
 def test_load_data_labels_shapes_range(tmp_path):
@@ -144,11 +169,18 @@ def test_num_workers_flag_reaches_the_loader_and_changes_no_batch(tmp_path):
 
 
 def test_low_res_conditioning_is_the_area_mean(tmp_path):
-    data = load_data(data_dir=str(_folder(tmp_path)), batch_size=2, image_size=8, num_workers=0)
-    wrapped = image_datasets.LowResConditioned(data, 4)
+    # noise images, 8 -> 2: every low-res pixel is the mean of its 4 x 4 block (nearest, bilinear or
+    # bicubic downsampling give other numbers)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"noise_{i}.png")
+    data = load_data(data_dir=str(tmp_path), batch_size=2, image_size=8, deterministic=True, num_workers=0)
+    wrapped = image_datasets.LowResConditioned(data, 2)
     batch, cond = next(wrapped)
-    assert cond["low_res"].shape == (2, 3, 4, 4)
-    assert th.allclose(cond["low_res"][:, :, 0, 0], batch[:, :, :2, :2].mean(dim=(2, 3)))
+    assert cond["low_res"].shape == (2, 3, 2, 2)
+    block_means = batch.view(2, 3, 2, 4, 2, 4).mean(dim=(3, 5))
+    assert th.allclose(cond["low_res"], block_means, atol=1e-6)
+    assert batch.std() > 0.3  # the blocks are not flat
     assert wrapped.state_dict() == data.state_dict()
 
 

@@ -19,19 +19,27 @@ def load_reference(name):
     return json.loads((REFERENCE / f"state_dict_{name}.json").read_text())
 
 
-def build_from_argv(model_class, argv):
-    """Parse argv as the matching script does and build the model on the meta device."""
-    if model_class == "UNetModel":
-        defaults, factory = su.model_and_diffusion_defaults(), su.create_model_and_diffusion
-    elif model_class == "SuperResModel":
-        defaults, factory = su.sr_model_and_diffusion_defaults(), su.sr_create_model_and_diffusion
-    else:
-        defaults, factory = su.classifier_and_diffusion_defaults(), su.create_classifier_and_diffusion
+FACTORIES = {
+    "UNetModel": (su.model_and_diffusion_defaults, su.create_model_and_diffusion),
+    "SuperResModel": (su.sr_model_and_diffusion_defaults, su.sr_create_model_and_diffusion),
+    "EncoderUNetModel": (su.classifier_and_diffusion_defaults, su.create_classifier_and_diffusion),
+}
+
+
+def parse_argv(model_class, argv):
+    """{flag: value} of argv parsed as the matching script does (its flags and --preset)."""
+    defaults = FACTORIES[model_class][0]()
     parser = argparse.ArgumentParser()
     su.add_dict_to_argparser(parser, defaults)
-    args = su.parse_args(parser, argv)
+    return vars(su.parse_args(parser, argv))
+
+
+def build_from_argv(model_class, argv):
+    """Parse argv as the matching script does and build the model on the meta device."""
+    defaults, factory = FACTORIES[model_class]
+    flags = parse_argv(model_class, argv)
     with th.device("meta"):
-        model, _ = factory(**su.args_to_dict(args, defaults.keys()))
+        model, _ = factory(**{k: flags[k] for k in defaults()})
     return model
 
 
@@ -61,6 +69,13 @@ def test_preset_builds_exact_state_dict(name):
     ref = load_reference(name)
     model = build_from_argv(ref["model_class"], ["--preset", name])
     assert key_shapes(model) == expected_key_shapes(ref)
+    # flag by flag, also those that change no shape (noise_schedule, use_new_attention_order, dropout,
+    # num_heads, num_head_channels, learn_sigma, use_fp16, ...): the release's parsed values, typed
+    flags = parse_argv(ref["model_class"], ["--preset", name])
+    typed = lambda values: {k: (type(v).__name__, v) for k, v in values.items()}  # noqa: E731
+    assert typed({k: flags[k] for k in ref["all_flags"]}) == typed(ref["all_flags"])
+    # and every other flag (those beyond the release) as the README's command line leaves it
+    assert flags == dict(parse_argv(ref["model_class"], ref["readme_flags"].split()), preset=name)
 
 
 VARIANTS = json.loads((REFERENCE / "state_dict_variants.json").read_text())["variants"]

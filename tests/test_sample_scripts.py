@@ -13,7 +13,7 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion import samplers, script_util
+from guided_diffusion import sample_io, sample_seeds, samplers, script_util
 from guided_diffusion.guidance import ClassifierGuidance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,14 +176,34 @@ def test_image_sample_respacing_250_unconditional_greyscale(tmp_path, run_script
     assert (samples["arr_0"] == grey).all() and grey.std() > 0  # one grey image repeated in 3 channels
 
 
+def explicit_free_guidance(model, scale, null_class):
+    """The model with classifier-free guidance written out: eps_u + scale (eps_c - eps_u), both branches
+    in one batched forward ([x; x], labels [y; null_class])."""
+    def guided(x, t, y):
+        eps_c, eps_u = model(th.cat([x, x]), th.cat([t, t]), y=th.cat([y, th.full_like(y, null_class)])).chunk(2)
+        return eps_u + scale * (eps_c - eps_u)
+    return guided
+
+
 def test_classifier_free_guidance_with_dpm_solver(checkpoints, tmp_path, run_script):
     common = model_flags(checkpoints, timestep_respacing=10, num_samples=2, batch_size=2, seed=1, class_labels="0,1",
                          sampler="dpm++2m")
+    model, diffusion = build_model(class_cond=True, num_classes=2, class_dropout_prob=0.2, timestep_respacing="10")
+    model.load_state_dict(th.load(checkpoints["model"], weights_only=True))
+    model.eval()
+    x_T = sample_seeds.SeededBatch(1, range(2)).noise((2, 3, 16, 16))  # the script's x_T for samples 0 and 1
     samples = {}
     for scale in (1.0, 4.0):
         run_script("image_sample", common + flags(guidance_scale=scale), tmp_path / str(scale))
-        samples[scale] = load_npz(tmp_path / str(scale) / "samples_2x16x16x3.npz")["arr_0"]
-    assert not np.array_equal(samples[1.0], samples[4.0])
+        samples[scale] = load_npz(tmp_path / str(scale) / "samples_2x16x16x3.npz")["arr_0"].astype(int)
+        # the same deterministic run with the guided eps spelled out: equal up to float round-off
+        with th.no_grad():
+            x = samplers.sample(diffusion, explicit_free_guidance(model, scale, model.null_class), (2, 3, 16, 16),
+                                sampler="dpm++2m", noise=x_T, model_kwargs={"y": th.tensor([0, 1])})
+        expected = sample_io.to_uint8_nhwc(x).numpy().astype(int)
+        assert np.abs(samples[scale] - expected).max() <= 1, scale
+        assert (samples[scale] == expected).mean() > 0.99, scale
+    assert np.abs(samples[1.0] - samples[4.0]).mean() > 5  # guidance moves the images well beyond round-off
 
 
 def test_wrong_flags_for_checkpoint_are_a_clear_error(checkpoints, tmp_path, run_script):
@@ -240,13 +260,46 @@ def test_guidance_sees_original_timesteps_under_respacing():
 # ----------------------------------------------------------------------------- other scripts
 
 
+def release_cond_fn(classifier, scale):
+    """The release's classifier_sample cond_fn, written out: scale * d/dx log softmax(classifier(x, t))[y]."""
+    def cond_fn(x, t, y=None):
+        with th.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = th.log_softmax(classifier(x_in, t), dim=-1)
+            selected = log_probs[range(len(log_probs)), y.view(-1)]
+            return th.autograd.grad(selected.sum(), x_in)[0] * scale
+    return cond_fn
+
+
 def test_classifier_sample_two_ranks(checkpoints, tmp_path, run_script):
     args = model_flags(checkpoints, timestep_respacing=10, num_samples=3, batch_size=1, seed=0)
-    args += flags(**CLASSIFIER, classifier_path=checkpoints["classifier"], classifier_scale=2.0)
+    scale = 30.0  # the fresh classifier's gradients are small: this moves every sample by > 2 levels on average
+    args += flags(**CLASSIFIER, classifier_path=checkpoints["classifier"], classifier_scale=scale)
     run_script("classifier_sample", args, tmp_path, ranks=2)
     samples = load_npz(tmp_path / "samples_3x16x16x3.npz")
     assert samples["arr_0"].shape == (3, 16, 16, 3) and samples["arr_1"].dtype == np.int64
     assert (tmp_path / "samples_grid.png").exists()
+    # each sample again here, alone, with the release's cond_fn and its own seeded streams
+    model, diffusion = build_model(class_cond=True, num_classes=2, class_dropout_prob=0.2, timestep_respacing="10")
+    model.load_state_dict(th.load(checkpoints["model"], weights_only=True))
+    classifier = script_util.create_classifier(**dict(script_util.classifier_defaults(), **CLASSIFIER))
+    classifier.load_state_dict(th.load(checkpoints["classifier"], weights_only=True))
+    model.eval(), classifier.eval()
+    moved = []
+    for i in range(3):
+        expected = {}
+        for s in (scale, 0.0):
+            batch = sample_seeds.SeededBatch(0, range(i, i + 1))
+            y = batch.labels(2)
+            with th.no_grad():
+                x = diffusion.p_sample_loop(model, (1, 3, 16, 16), noise=batch.noise((1, 3, 16, 16)),
+                                            noise_fn=batch.noise_like, model_kwargs={"y": y},
+                                            cond_fn=release_cond_fn(classifier, s))
+            expected[s] = sample_io.to_uint8_nhwc(x)[0].numpy()
+        assert samples["arr_1"][i] == int(y[0])
+        assert np.array_equal(samples["arr_0"][i], expected[scale]), i
+        moved.append(np.abs(expected[scale].astype(int) - expected[0.0]).mean())
+    assert min(moved) > 2  # the classifier's gradient moved every sample
 
 
 def write_base_samples(path, count, size=16, **extra):
@@ -264,10 +317,24 @@ def upsampler_flags(checkpoints, base_samples, **extra):
 
 def test_super_res_sample_two_ranks(checkpoints, tmp_path, run_script):
     base = write_base_samples(tmp_path / "base.npz", 2, arr_1=np.array([1, 0]))
-    run_script("super_res_sample", upsampler_flags(checkpoints, base, num_samples=3, batch_size=1), tmp_path, ranks=2)
-    samples = load_npz(tmp_path / "samples_3x64x64x3.npz")
+    run_script("super_res_sample", upsampler_flags(checkpoints, base, num_samples=3, batch_size=1, seed=0),
+               tmp_path / "a", ranks=2)
+    samples = load_npz(tmp_path / "a" / "samples_3x64x64x3.npz")
     assert samples["arr_0"].shape == (3, 64, 64, 3) and samples["arr_0"].dtype == np.uint8
     assert samples["arr_1"].tolist() == [1, 0, 1]  # sample 2 reuses base sample 0
+    # the same run on one rank with base sample 1 replaced (labels kept): samples 0 and 2 (base sample 0)
+    # are the same, sample 1 follows its new base sample
+    with np.load(base) as data:
+        images = data["arr_0"].copy()
+    images[1] = 255 - images[1]
+    other = tmp_path / "other_base.npz"
+    np.savez(other, arr_0=images, arr_1=np.array([1, 0]))
+    run_script("super_res_sample", upsampler_flags(checkpoints, str(other), num_samples=3, batch_size=1, seed=0),
+               tmp_path / "b")
+    changed = load_npz(tmp_path / "b" / "samples_3x64x64x3.npz")
+    assert changed["arr_1"].tolist() == [1, 0, 1]
+    assert np.array_equal(changed["arr_0"][[0, 2]], samples["arr_0"][[0, 2]])
+    assert np.abs(changed["arr_0"][1].astype(int) - samples["arr_0"][1]).mean() > 5
 
 
 @pytest.mark.parametrize(

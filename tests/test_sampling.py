@@ -1,6 +1,7 @@
 """Unit tests of the sampling scripts' library: seeds, labels, sharding, gathering, outputs, base samples,
 the sampler choice and classifier guidance."""
 
+import json
 import os
 import textwrap
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from guided_diffusion import base_samples, sample_io, sample_seeds, sampling
 from guided_diffusion.guidance import ClassifierGuidance
+from _train_helpers import live_image_bytes
 
 
 
@@ -207,10 +209,13 @@ def test_unreadable_base_samples(tmp_path):
 
 
 GATHER_SCRIPT = """
-import os, socket, sys
+import json, os, socket, sys
 import numpy as np, torch as th, torch.distributed as dist
 from mpi4py import MPI
 from guided_diffusion import sample_io, sampling
+
+sys.path.insert(0, "tests")  # the working directory is the repository root
+from _train_helpers import live_image_bytes
 
 comm = MPI.COMM_WORLD
 if comm.size > 1:
@@ -222,44 +227,84 @@ if comm.size > 1:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                             rank=comm.rank, world_size=comm.size)
 
+kept = []  # per round, before it draws: the sampled images this rank holds
+
 def sample_batch(batch):
+    kept.append(live_image_bytes(4, 4))
     # a stand-in sampler: initial noise, one noise_fn step, labels from the per-sample streams
     x = batch.noise((len(batch), 3, 4, 4))
     x = 0.5 * x + 0.1 * batch.noise_like(x)
     return x.clamp(-1, 1), batch.labels(10)
 
+out = sys.argv[1]
 images, labels = sampling.sample_all(sample_batch, int(sys.argv[2]), int(sys.argv[3]), seed=11,
                                      sample_shape=(3, 4, 4), device="cpu", with_labels=True)
 if images is not None:
-    sample_io.save_samples(sys.argv[1], images, labels)
+    sample_io.save_samples(out, images, labels)
+with open(os.path.join(out, f"kept_rank{comm.rank}.json"), "w") as f:
+    json.dump(kept, f)
 if dist.is_initialized():
     dist.destroy_process_group()  # before MPI_Finalize, as dist_util.setup_dist arranges for the scripts
 """
 
 
-def _run_gather(run_python, tmp_path, name, ranks, num_samples, batch_size):
-    out = tmp_path / name
-    out.mkdir()
+@pytest.fixture(scope="module")
+def gathered(run_python, tmp_path_factory):
+    """{"one": 5 samples by 1 rank in one batch of 5, "two": by 2 ranks one at a time (shards of 3 and
+    2: three rounds, the last one empty on rank 1)}, each {"images", "labels", "kept": per rank, per round the bytes of sampled images
+    held per device}."""
+    tmp_path = tmp_path_factory.mktemp("gather")
     script = tmp_path / "gather.py"
     script.write_text(textwrap.dedent(GATHER_SCRIPT))
-    run_python([script, out, num_samples, batch_size], ranks=ranks, timeout=120)
-    with np.load(out / f"samples_{num_samples}x4x4x3.npz") as data:
-        return data["arr_0"], data["arr_1"]
+    runs = {}
+    for name, ranks, batch_size in [("one", 1, 5), ("two", 2, 1)]:
+        out = tmp_path / name
+        out.mkdir()
+        run_python([script, out, 5, batch_size], ranks=ranks, timeout=120)
+        with np.load(out / "samples_5x4x4x3.npz") as data:
+            runs[name] = {"images": data["arr_0"], "labels": data["arr_1"]}
+        runs[name]["kept"] = [json.loads((out / f"kept_rank{r}.json").read_text()) for r in range(ranks)]
+    return runs
 
 
-def test_gather_is_exact_and_independent_of_ranks_and_batch_size(run_python, tmp_path):
-    one_rank = _run_gather(run_python, tmp_path, "one", 1, 5, 5)
-    two_ranks = _run_gather(run_python, tmp_path, "two", 2, 5, 2)  # shards of 3 and 2, rounds of 2
-    assert one_rank[0].shape == (5, 4, 4, 3) and one_rank[1].shape == (5,)
-    for a, b in zip(one_rank, two_ranks):
-        assert np.array_equal(a, b)
-    assert len(np.unique(one_rank[0].reshape(5, -1), axis=0)) == 5
+def test_gather_is_exact_and_independent_of_ranks_and_batch_size(gathered):
+    one_rank, two_ranks = gathered["one"], gathered["two"]
+    assert one_rank["images"].shape == (5, 4, 4, 3) and one_rank["labels"].shape == (5,)
+    for key in ("images", "labels"):
+        assert np.array_equal(one_rank[key], two_ranks[key])
+    assert len(np.unique(one_rank["images"].reshape(5, -1), axis=0)) == 5
     # sample 4 recomputed here from its own stream alone
     batch = sample_seeds.SeededBatch(11, range(4, 5))
     x = batch.noise((1, 3, 4, 4))
     x = (0.5 * x + 0.1 * batch.noise_like(x)).clamp(-1, 1)
-    assert np.array_equal(sample_io.to_uint8_nhwc(x)[0].numpy(), one_rank[0][4])
-    assert one_rank[1][4] == int(batch.labels(10)[0])
+    assert np.array_equal(sample_io.to_uint8_nhwc(x)[0].numpy(), one_rank["images"][4])
+    assert one_rank["labels"][4] == int(batch.labels(10)[0])
+
+
+def test_only_rank_0_keeps_images_and_only_on_the_host(gathered):
+    # between rounds rank 0 holds the result being filled in (5 x 4 x 4 x 3 bytes, host memory) and
+    # nothing else; rank 1 holds no image at all
+    result_bytes = 5 * 4 * 4 * 3
+    rank0, rank1 = gathered["two"]["kept"]
+    assert rank0 == [{"cpu": result_bytes}] * 3
+    assert rank1 == [{}] * 2
+    assert gathered["one"]["kept"] == [[{"cpu": result_bytes}]]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not th.cuda.is_available(), reason="needs a GPU"))])
+def test_sample_all_moves_each_round_to_host_memory(device):
+    # 7 samples of 3 x 5 in rounds of 3 (3 rounds): before each round the only images alive are the
+    # host copy of the result, whatever the sampling device; nothing accumulates per round
+    kept = []
+
+    def sample_batch(batch):
+        kept.append(live_image_bytes(3, 5))
+        return th.zeros(len(batch), 3, 3, 5, device=device), None
+
+    images, labels = sampling.sample_all(sample_batch, 7, 3, 0, (3, 3, 5), device, with_labels=False)
+    assert kept == [{"cpu": 7 * 3 * 5 * 3}] * 3
+    assert images.shape == (7, 3, 5, 3) and labels is None
 
 
 def test_guidance_scale_needs_a_null_class():

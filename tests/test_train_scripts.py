@@ -130,13 +130,47 @@ def test_classifier_train_runs_on_cpu_evaluates_and_resumes(tmp_path, fashion_di
     assert read_progress(tmp_path)[-1]["step"] == 6 and (tmp_path / "model000006.pt").exists()
 
 
+# Runs super_res_train.py recording, at every training_losses call, the clean batch and model_kwargs'
+# low_res, and the low_res the model itself receives; saves them to argv[1].
+SUPER_RES_PROBE = textwrap.dedent("""
+    import runpy, sys, torch as th
+    from guided_diffusion.gaussian_diffusion import GaussianDiffusion
+    from guided_diffusion.unet import SuperResModel
+    seen = {"x_start": [], "low_res": [], "model_low_res": []}
+    training_losses, forward = GaussianDiffusion.training_losses, SuperResModel.forward
+    def record_losses(self, model, x_start, t, model_kwargs=None, noise=None):
+        seen["x_start"].append(x_start.clone())
+        seen["low_res"].append(model_kwargs["low_res"].clone())
+        return training_losses(self, model, x_start, t, model_kwargs=model_kwargs, noise=noise)
+    def record_forward(self, x, timesteps, low_res=None, **kwargs):
+        seen["model_low_res"].append(low_res.detach().clone())
+        return forward(self, x, timesteps, low_res=low_res, **kwargs)
+    GaussianDiffusion.training_losses, SuperResModel.forward = record_losses, record_forward
+    out, sys.argv = sys.argv[1], sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    th.save(seen, out)
+""")
+
+
 def test_super_res_train_conditions_on_area_downsampled_images(tmp_path, fashion_dir):
-    """At a size without a default channel multiplier (the release's upsampler knew 64, 256 and 512 only)."""
-    flags = dict(data_dir=fashion_dir, large_size=32, small_size=16, channel_mult="1,2", num_channels=32,
+    """At a size without a default channel multiplier (the release's upsampler knew 64, 256 and 512 only):
+    32 -> 8, so each low-res pixel is the mean of a 4 x 4 block (bilinear or nearest would differ)."""
+    flags = dict(data_dir=fashion_dir, large_size=32, small_size=8, channel_mult="1,2", num_channels=32,
                  num_res_blocks=1, attention_resolutions="8", diffusion_steps=100, batch_size=2, max_steps=2,
                  log_interval=2)
-    run_script("super_res_train", flags, tmp_path)
+    probe = tmp_path / "probe.py"
+    probe.write_text(SUPER_RES_PROBE)
+    run_python([probe, tmp_path / "seen.pt", REPO / "scripts" / "super_res_train.py", *to_argv(flags)],
+               env={"OPENAI_LOGDIR": str(tmp_path)})
     assert (tmp_path / "model000002.pt").exists() and read_progress(tmp_path)[-1]["loss"] > 0
+    seen = th.load(tmp_path / "seen.pt", weights_only=True)
+    assert len(seen["x_start"]) == 2 and len(seen["model_low_res"]) == 2
+    for x_start, low_res, model_low_res in zip(seen["x_start"], seen["low_res"], seen["model_low_res"]):
+        assert x_start.shape == (2, 3, 32, 32) and low_res.shape == (2, 3, 8, 8)
+        assert x_start.std() > 0.3  # Fashion-MNIST items, not flat blocks
+        assert th.allclose(low_res, x_start.view(2, 3, 8, 4, 8, 4).mean(dim=(3, 5)), atol=1e-6)
+        assert th.equal(model_low_res, low_res)
+    assert not th.equal(seen["low_res"][0], seen["low_res"][1])
 
 
 @pytest.mark.parametrize("case", ["empty_dir", "missing_resume", "other_flags", "too_many_classes"])
@@ -177,6 +211,45 @@ def test_mpiexec_resume_is_exact(tmp_path, fashion_dir):
         b = th.load(tmp_path / "split" / name, weights_only=True)
         assert all(th.equal(a[k], b[k]) for k in a), name
     assert read_progress(tmp_path / "straight")[-1] == read_progress(tmp_path / "split")[-1]
+
+
+RESUMED_RUNS = {  # script, its flags, the flag that sets the step count, the files of a checkpoint set
+    "classifier_train": ("classifier_train", dict(TINY_CLASSIFIER, image_size=16, classifier_attention_resolutions="8",
+                                                  eval_interval=1),
+                         "iterations", ["model", "opt"]),
+    "super_res_train": ("super_res_train", dict(large_size=32, small_size=8, channel_mult="1,2", num_channels=32,
+                                                num_res_blocks=1, attention_resolutions="8", diffusion_steps=100,
+                                                class_cond=True, dropout=0.1, learn_sigma=True),
+                        "max_steps", ["model", "ema_0.9999_", "opt"]),
+    "bf16": ("image_train", dict(TINY_UNET, image_size=16, attention_resolutions="8", dropout=0.1, learn_sigma=True,
+                                 use_bf16=True), "max_steps", ["model", "ema_0.9999_", "opt"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMED_RUNS))
+def test_resume_is_exact(tmp_path, fashion_dir, case):
+    """2 steps, then a resume for 2 more, gives the weights, EMA, optimizer state and logged losses
+    of 4 uninterrupted steps (RNG, data and validation streams, schedule sampler restored)."""
+    script, flags, steps_flag, prefixes = RESUMED_RUNS[case]
+    flags = dict(flags, data_dir=fashion_dir, batch_size=2, log_interval=1, save_interval=2)
+    if script == "classifier_train":
+        flags["val_data_dir"] = fashion_dir
+    run_script(script, dict(flags, **{steps_flag: 4}), tmp_path / "straight")
+    run_script(script, dict(flags, **{steps_flag: 2}), tmp_path / "split")
+    run_script(script, dict(flags, **{steps_flag: 4}, resume_checkpoint=tmp_path / "split" / "model000002.pt"),
+               tmp_path / "split")
+    for prefix in prefixes:
+        a, b = (th.load(tmp_path / run / f"{prefix}000004.pt", weights_only=True) for run in ("straight", "split"))
+        if prefix == "opt":
+            a, b = a["state"], b["state"]
+            a, b = ({f"{i}.{k}": v for i, state in x.items() for k, v in state.items()} for x in (a, b))
+        assert a.keys() == b.keys() and all(th.equal(a[k], b[k]) for k in a), prefix
+    straight, split = read_progress(tmp_path / "straight"), read_progress(tmp_path / "split")
+    assert [row["step"] for row in split] == [1, 2, 3, 4] and split == straight
+    assert straight[-1]["train_loss" if script == "classifier_train" else "loss"] > 0
+    first = th.load(tmp_path / "straight" / "model000002.pt", weights_only=True)
+    last = th.load(tmp_path / "straight" / "model000004.pt", weights_only=True)
+    assert any(not th.equal(first[k], last[k]) for k in first)  # steps 3 and 4 did train
 
 
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_dir):

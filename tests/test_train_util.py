@@ -222,10 +222,22 @@ def test_fp16_trainer_warns_when_its_model_is_already_rounded(tmp_path, capsys):
 
 
 def test_bf16_autocast_step(tmp_path, fashion_dir):
-    loop = make_loop(tmp_path, fashion_dir, max_steps=1, log_interval=1, use_bf16=True)
+    loop = make_loop(tmp_path / "bf16", fashion_dir, max_steps=1, log_interval=1, use_bf16=True)
+    computed = set()  # dtypes of every convolution's and linear layer's output in the training step
+    for module in loop.model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(lambda module, args, out: computed.add(out.dtype))
     loop.run_loop()
-    assert all(p.dtype == th.float32 for p in loop.model.parameters())
-    assert 0 < read_progress(tmp_path)[-1]["loss"] < 10
+    assert computed == {th.bfloat16}
+    assert all(p.dtype == th.float32 for p in loop.model.parameters())  # fp32 weights, updated in fp32
+    # the same step without autocast: gradients close, not equal (bf16 keeps 8 bits of mantissa); the
+    # first loss is the same (the output convolution starts at zero)
+    fp32 = make_loop(tmp_path / "fp32", fashion_dir, max_steps=1, log_interval=1)
+    fp32.run_loop()
+    bf16_row, fp32_row = read_progress(tmp_path / "bf16")[-1], read_progress(tmp_path / "fp32")[-1]
+    assert bf16_row["loss"] == fp32_row["loss"] > 0
+    assert bf16_row["grad_norm"] != fp32_row["grad_norm"]
+    assert bf16_row["grad_norm"] == pytest.approx(fp32_row["grad_norm"], rel=0.01)
 
 
 def _batches(data_dir, bad_from=None, signal_at=None):

@@ -204,6 +204,39 @@ def test_super_res_model_uses_low_res():
     assert isinstance(model, SuperResModel)
 
 
+def _group_norm(h, norm):
+    return F.group_norm(h, 32, norm.weight.double(), norm.bias.double(), eps=norm.eps)
+
+
+def _linear(h, layer):
+    """A Linear or a 1x1 convolution over the channels of h [N, C] or [N, C, T]."""
+    weight = layer.weight.double().reshape(layer.weight.shape[0], -1)
+    out = th.einsum("oc,nc...->no...", weight, h)
+    return out + layer.bias.double().reshape(-1, *[1] * (h.dim() - 2))
+
+
+def explicit_pool_head(pool, head, outputs, head_channels):
+    """The classifier's logits [N, classes] from its torso outputs (each input block's, then the middle
+    block's), written out in float64 as the paper's appendix and the release describe the heads."""
+    h = outputs[-1].double()
+    if pool == "adaptive":  # GroupNorm, SiLU, global mean, 1x1 conv
+        return _linear(F.silu(_group_norm(h, head[0])).mean(dim=(2, 3)), head[3])
+    if pool == "attention":  # CLIP's pooling: the mean token attends over [mean; every position]
+        attention = head[2]
+        a = F.silu(_group_norm(h, head[0])).flatten(2)
+        tokens = th.cat([a.mean(dim=-1, keepdim=True), a], dim=-1) + attention.positional_embedding.double()
+        q, k, v = _linear(tokens, attention.qkv_proj).chunk(3, dim=1)  # q, k, v first, then heads
+        n, c, t = q.shape
+        q, k, v = (z.reshape(n, c // head_channels, head_channels, t) for z in (q, k, v))
+        weights = th.softmax(th.einsum("nhd,nhdt->nht", q[..., 0], k) / math.sqrt(head_channels), dim=-1)
+        pooled = th.einsum("nht,nhdt->nhd", weights, v).reshape(n, c)  # the mean token's output
+        return _linear(pooled, attention.c_proj)
+    features = th.cat([o.double().mean(dim=(2, 3)) for o in outputs], dim=-1)  # every block's spatial mean
+    hidden = _linear(features, head[0])
+    hidden = F.relu(hidden) if pool == "spatial" else F.silu(_group_norm(hidden, head[1]))
+    return _linear(hidden, head[-1])
+
+
 @pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
 def test_classifier_pools(pool):
     model = randomize(
@@ -213,8 +246,15 @@ def test_classifier_pools(pool):
             use_scale_shift_norm=True, resblock_updown=True, pool=pool,
         )  # fmt: skip
     ).eval()
-    logits = model(th.randn(4, 3, 16, 16), th.tensor([0, 1, 2, 3]))
-    assert logits.shape == (4, 5) and th.isfinite(logits).all()
+    outputs = []  # the torso's outputs, recorded in order
+    for block in [*model.input_blocks, model.middle_block]:
+        block.register_forward_hook(lambda module, args, out: outputs.append(out))
+    logits = model(th.randn(4, 3, 16, 16, generator=th.Generator().manual_seed(1)), th.tensor([0, 1, 2, 3]))
+    assert logits.shape == (4, 5) and len(outputs) == len(model.input_blocks) + 1
+    with th.no_grad():
+        expected = explicit_pool_head(pool, model.out, outputs, head_channels=32)
+    assert (logits.double() - expected).abs().max() < 1e-4 * expected.abs().max()
+    assert expected.std(dim=0).min() > 1e-3 * expected.abs().max()  # the logits differ between inputs
 
 
 def test_fp16_torso_output_close_to_fp32():
