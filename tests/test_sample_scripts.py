@@ -114,6 +114,7 @@ ADDED_FLAGS = {  # this project's additions: model options, sampling options, pr
     "num_classes", "resblock_rescale", "attention_impl", "classifier_attention_impl", "classifier_channel_mult",
     "seed", "progress", "class_labels", "preset", "image_channels", "class_dropout_prob", "sampler", "guidance_scale",
     "channel_mult",  # super_res_sample's
+    "eta", "churn", "s_tmin", "s_tmax", "s_noise", "lower_order_final", "dynamic_threshold", "reclip_guided",
 }
 
 
