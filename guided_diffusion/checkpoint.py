@@ -11,6 +11,7 @@ import re
 import torch as th
 
 from . import dist_util
+from .errors import UsageError
 
 EXPECTED_FILE = (
     "a model state dict saved by training or released with the paper (modelNNNNNN.pt, "
@@ -18,7 +19,7 @@ EXPECTED_FILE = (
 )
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UsageError):
     """The checkpoint's keys or shapes do not fit the model built from the flags."""
 
 

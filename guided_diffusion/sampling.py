@@ -8,20 +8,17 @@ import torch.distributed as dist
 
 from . import dist_util, logger
 from .checkpoint import load_checkpoint
-from .cli import parse_configs
 from .guidance import ClassifierFreeGuidance
+from .run_flags import start_run
 from .sample_io import save_samples, to_uint8_nhwc
 from .sample_seeds import SeededBatch, resolve_seed, shard_range
 from .samplers import resolve_sampler, sample
 
 
-def start_sampling(parser, config_classes):
-    """Parse the command line into one instance per config class, then set up the processes and the
-    log dir. Returns the configs."""
-    configs = parse_configs(parser, config_classes)
-    dist_util.setup_dist()
-    logger.configure()
-    return configs
+def start_sampling(parser, config_classes, argv=None):
+    """run_flags.start_run: the configs of the command line (argv: sys.argv[1:] when None), the flags of
+    the checkpoints it names filled from their runs; the processes and the log dir set up."""
+    return start_run(parser, config_classes, argv)
 
 
 def load_for_sampling(model, path, device, flag="--model_path"):

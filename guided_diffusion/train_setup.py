@@ -1,20 +1,17 @@
 """What the training scripts share: the start of a run, the training images, the training loops called
 from typed configs and train_config.json's contents."""
 
-from . import dist_util, logger
-from .cli import parse_configs
 from .config import as_flags, checked_on_resume
 from .image_datasets import load_data
 from .resample import create_named_schedule_sampler
+from .run_flags import start_run
 from .train_util import TrainLoop, seed_all
 
 
-def start_training(parser, config_classes):
-    """Parse the command line into one instance per config class (the last a LoopConfig), then set up
-    the processes, the log dir and the seeds. Returns the configs."""
-    configs = parse_configs(parser, config_classes)
-    dist_util.setup_dist()
-    logger.configure()
+def start_training(parser, config_classes, argv=None):
+    """run_flags.start_run (the model flags of --resume_checkpoint / --init_checkpoint from their runs),
+    then the seeds. Returns one instance per config class, the last a LoopConfig."""
+    configs = start_run(parser, config_classes, argv)
     seed_all(configs[-1].seed)
     return configs
 

@@ -27,15 +27,16 @@ import torch as th
 
 from evaluations import evaluator, plots
 from evaluations.features import PixelFeatures
-from evaluations.npz_io import BatchFileError
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
+from guided_diffusion import errors
 from guided_diffusion.build import build_diffusion
 from guided_diffusion.checkpoint import load_checkpoint
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.cli import config_parser, parse_flags
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, as_flags, flag
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.samplers import SAMPLERS, sample
+from guided_diffusion.run_flags import resolve_configs
 from guided_diffusion.sample_io import to_uint8_nhwc
 from guided_diffusion.sample_seeds import SeededBatch
 from guided_diffusion.sampling import free_guidance
@@ -225,25 +226,20 @@ def create_argparser():
 
 
 def main(argv=None):
-    parser = create_argparser()
-    model_config, diffusion_config, classifier_config, config = parse_configs(parser, CONFIGS, argv)
-    try:
-        if diffusion_config.timestep_respacing:
-            raise ValueError("--timestep_respacing is set per run by the sweep: use --steps and --guidance_steps")
-        runs = plan_runs(config, model_config)
-        if not config.ref_batch:
-            raise ValueError("--ref_batch is required: a reference batch npz or a --save_stats file")
-    except ValueError as error:
-        parser.error(str(error))
+    values, origins = parse_flags(create_argparser(), argv)
+    (model_config, diffusion_config, classifier_config, config), lines = resolve_configs(values, origins, CONFIGS)
+    print("\n".join(lines))
+    if diffusion_config.timestep_respacing:
+        raise errors.UsageError("--timestep_respacing is set per run by the sweep: use --steps and --guidance_steps")
+    runs = plan_runs(config, model_config)
+    if not config.ref_batch:
+        raise errors.UsageError("--ref_batch is required: a reference batch npz or a --save_stats file")
     device = "cuda" if th.cuda.is_available() else "cpu"
-    os.makedirs(config.out_dir, exist_ok=True)
     extractor = feature_extractor(config, device)
-    try:
-        reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
-    except BatchFileError as error:  # missing, damaged or wrong-sized reference: a usage error, as in evaluator.py
-        parser.error(str(error))
+    reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
     model = load_model(model_config, diffusion_config, config.model_path, device)
     classifier = load_classifier(classifier_config, config.classifier_path, device)
+    os.makedirs(config.out_dir, exist_ok=True)
     rows = []
     for run in runs:
         diffusion = build_diffusion(dataclasses.replace(diffusion_config,
@@ -263,4 +259,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)
