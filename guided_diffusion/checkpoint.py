@@ -57,6 +57,8 @@ def read_state_dict(path):
 
 def _unreadable_reason(data, exc):
     """Why torch.load failed on `data` (a file's bytes), in words."""
+    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        return "is not a torch checkpoint"
     if "Weights only load failed" in str(exc):
         return "holds Python objects, not only tensors (a pickled model? save model.state_dict() instead)"
     if data[:4] == b"PK\x03\x04":  # torch's zip format, cut short or damaged

@@ -61,21 +61,21 @@ class Release(NamedTuple):
 # cannot tell apart 256x256_diffusion_uncond.pt and the LSUN models (which differ in dropout only), so the
 # file name decides between those, and the attention order and head count are the preset's.
 RELEASES = (
-    Release("64x64_diffusion.pt", "adm64_cond", ModelConfig, "8d51f3cd464a9d93"),
-    Release("128x128_diffusion.pt", "adm128_cond", ModelConfig, "554598b9f306edeb"),
-    Release("256x256_diffusion.pt", "adm256_cond", ModelConfig, "df0112d39f62a529"),
-    Release("256x256_diffusion_uncond.pt", "adm256_uncond", ModelConfig, "3aeb4babcb60e229"),
-    Release("512x512_diffusion.pt", "adm512_cond", ModelConfig, "ead1829fe6bd0974"),
-    Release("lsun_bedroom.pt", "lsun256", ModelConfig, "3aeb4babcb60e229"),
-    Release("lsun_cat.pt", "lsun256", ModelConfig, "3aeb4babcb60e229"),
-    Release("lsun_horse.pt", "lsun256", ModelConfig, "3aeb4babcb60e229"),
-    Release("lsun_horse_nodropout.pt", "lsun256", ModelConfig, "3aeb4babcb60e229", (("dropout", 0.0),)),
-    Release("64_256_upsampler.pt", "upsampler64_256", SuperResConfig, "45b1bfd1d49e6421"),
-    Release("128_512_upsampler.pt", "upsampler128_512", SuperResConfig, "94139ba61437c743"),
-    Release("64x64_classifier.pt", "classifier64", ClassifierConfig, "099578719c2e82df"),
-    Release("128x128_classifier.pt", "classifier128", ClassifierConfig, "f3381788740e892b"),
-    Release("256x256_classifier.pt", "classifier256", ClassifierConfig, "c17f1f23f5c7a224"),
-    Release("512x512_classifier.pt", "classifier512", ClassifierConfig, "e95f7df7dd312d62"),
+    Release("64x64_diffusion.pt", "adm64_cond", ModelConfig, "461d3f5e74891735"),
+    Release("128x128_diffusion.pt", "adm128_cond", ModelConfig, "6bc5aa6892565fc7"),
+    Release("256x256_diffusion.pt", "adm256_cond", ModelConfig, "556eae0614ad321a"),
+    Release("256x256_diffusion_uncond.pt", "adm256_uncond", ModelConfig, "8d8ba2914be03b7a"),
+    Release("512x512_diffusion.pt", "adm512_cond", ModelConfig, "249dc6c38a1adbac"),
+    Release("lsun_bedroom.pt", "lsun256", ModelConfig, "8d8ba2914be03b7a"),
+    Release("lsun_cat.pt", "lsun256", ModelConfig, "8d8ba2914be03b7a"),
+    Release("lsun_horse.pt", "lsun256", ModelConfig, "8d8ba2914be03b7a"),
+    Release("lsun_horse_nodropout.pt", "lsun256", ModelConfig, "8d8ba2914be03b7a", (("dropout", 0.0),)),
+    Release("64_256_upsampler.pt", "upsampler64_256", SuperResConfig, "67f7c00986ddd83b"),
+    Release("128_512_upsampler.pt", "upsampler128_512", SuperResConfig, "20b8552cd1c78218"),
+    Release("64x64_classifier.pt", "classifier64", ClassifierConfig, "6a177b13c92d1a3c"),
+    Release("128x128_classifier.pt", "classifier128", ClassifierConfig, "c17acfc854018ae9"),
+    Release("256x256_classifier.pt", "classifier256", ClassifierConfig, "87107ba385b2f5c6"),
+    Release("512x512_classifier.pt", "classifier512", ClassifierConfig, "3fecbef942f48371"),
 )
 
 
