@@ -145,14 +145,16 @@ def network_of(flags):
 
 def _same(name, given, stored, image_size):
     """Whether two values of a flag mean the same network ("16,8" and "8,16"; "" and the size's default)."""
-    if name.endswith("attention_resolutions"):
-        return sorted(int(r) for r in str(given).split(",") if r.strip()) == \
-            sorted(int(r) for r in str(stored).split(",") if r.strip())
-    if name.endswith("channel_mult"):
-        try:
+    def resolutions(value):
+        return sorted(int(r) for r in str(value).split(",") if r.strip())
+
+    try:
+        if name.endswith("attention_resolutions"):
+            return resolutions(given) == resolutions(stored)
+        if name.endswith("channel_mult"):
             return parse_channel_mult(given, image_size) == parse_channel_mult(stored, image_size)
-        except ValueError:
-            return given == stored
+    except ValueError:  # a malformed value: compared as written (and refused by the builder)
+        pass
     return given == stored
 
 

@@ -38,7 +38,8 @@ def free_guidance(guidance_scale, model):
     if getattr(model, "null_class", None) is None:
         raise ValueError(
             f"--guidance_scale {guidance_scale} needs a model trained with label dropout: train it with "
-            "--class_dropout_prob > 0 (and pass the same flag when sampling), or use --guidance_scale 1"
+            "--class_dropout_prob > 0 (a checkpoint without its train_config.json needs that flag when sampling "
+            "too), or use --guidance_scale 1"
         )
     return (ClassifierFreeGuidance(guidance_scale, model.null_class),)
 

@@ -147,3 +147,12 @@ def test_the_error_wrapper_does_not_hide_a_bug(tmp_path):
     result = run_python(["-c", code], check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
     assert not any(": error: " in line for line in result.stderr.splitlines())
+
+
+def test_a_rank_whose_peer_left_says_so_in_one_line():
+    """gloo's error on the ranks still waiting in a collective when another rank has exited."""
+    code = ("from guided_diffusion.errors import run\ndef main():\n"
+            "    raise RuntimeError('[pair.cc:553] Connection closed by peer [127.0.0.1]:4523')\nrun(main)\n")
+    result = run_python(["-c", code], check=False)
+    assert_one_line_error(result, "-c", 1, r"^-c: error: another rank stopped; rerun with --debug to see each rank's "
+                                           r"error$")
