@@ -232,3 +232,17 @@ def test_resuming_needs_only_the_checkpoint(tiny_runs, tmp_path, run_script):
     assert resumed["input_blocks.0.0.weight"].shape == (32, 1, 3, 3)  # TINY_RUN's width and grey input
     saved = json.loads((tmp_path / "train_config.json").read_text())["train_flags"]
     assert all(saved[name] == value for name, value in TINY_RUN.items())
+
+
+def test_upsampling_needs_only_the_checkpoint(tiny_runs, tmp_path, run_script):
+    """A greyscale 8 -> 16 upsampler trained 1 step; super_res_sample takes its sizes and widths from the run."""
+    run_script("super_res_train", dict(data_dir=tiny_runs["data"], large_size=16, small_size=8, image_channels=1,
+                                       num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
+                                       diffusion_steps=10, noise_schedule="cosine", batch_size=2, max_steps=1,
+                                       save_interval=1),
+               tmp_path / "train")
+    np.savez(tmp_path / "base.npz", np.full((2, 8, 8, 3), 200, dtype=np.uint8))
+    run_script("super_res_sample", ["--model_path", tmp_path / "train" / "model000001.pt", "--base_samples",
+                                    tmp_path / "base.npz", "--num_samples", "2"], tmp_path / "sample")
+    with np.load(tmp_path / "sample" / "samples_2x16x16x3.npz") as data:
+        assert data["arr_0"].shape == (2, 16, 16, 3) and data.files == ["arr_0"]
