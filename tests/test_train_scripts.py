@@ -140,7 +140,7 @@ def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_di
     """As a cluster scheduler does: the signal reaches the data-loading worker too."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=2,
                  log_interval=1000, save_interval=100000)
-    env = dict(os.environ, OPENAI_LOGDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OPENAI_LOGDIR=str(tmp_path), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # this checkout
     proc = subprocess.Popen([PYTHON, str(REPO / "scripts" / "image_train.py"), *to_argv(flags)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
