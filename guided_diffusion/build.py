@@ -111,7 +111,8 @@ def build_super_res(config, learn_sigma=False):
 
 def build_classifier(config):
     """The noisy-image classifier of a ClassifierConfig (64 channels per attention head, as released)."""
-    channel_mult = parse_channel_mult(config.classifier_channel_mult, config.image_size, flag="--classifier_channel_mult")
+    channel_mult = parse_channel_mult(config.classifier_channel_mult, config.image_size,
+                                      flag="--classifier_channel_mult")
     check_widths(config.classifier_width, channel_mult, "--classifier_width", "--classifier_channel_mult")
     return EncoderUNetModel(
         image_size=config.image_size,

@@ -43,7 +43,8 @@ def project_run(folder, **flags):
     """folder/model000010.pt beside the train_config.json of an image_train run with these model and
     diffusion flags (and a sampling-looking --timestep_respacing 25 and --batch_size 2 in it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model, diffusion = configs_of(dict(defaults_of(ModelConfig, DiffusionConfig), **flags), (ModelConfig, DiffusionConfig))
+    model, diffusion = configs_of(dict(defaults_of(ModelConfig, DiffusionConfig), **flags),
+                                  (ModelConfig, DiffusionConfig))
     config = run_config((model, DiffusionConfig(**dict(vars(diffusion), timestep_respacing="25"))),
                         TrainConfig(batch_size=2), ["a", "b"])
     (folder / "train_config.json").write_text(json.dumps(config))
