@@ -20,6 +20,8 @@ import subprocess
 import numpy as np
 from PIL import Image
 
+from guided_diffusion.errors import ArgumentParser, run
+
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 PACKAGE = "dataset-fashion-mnist"
 CLASS_NAMES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
@@ -116,7 +118,7 @@ def parse_classes(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", required=True, help="folder to write the PNG files to")
     parser.add_argument("--split", default="train", choices=["train", "t10k"], help="60k train or 10k test images")
     parser.add_argument("--classes", type=parse_classes, default=list(range(10)), help="e.g. 0,1,7 or tshirt,bag")
@@ -132,4 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fashion_mnist import CLASS_NAMES, DATA_DIR, load_split  # noqa: E402
+from guided_diffusion.errors import ArgumentParser, run  # noqa: E402
 
 
 class Judge(nn.Module):
@@ -142,7 +143,7 @@ def class_grid(images, labels, per_row=10, pad=2):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", nargs="+", help="npz files written by image_sample.py / classifier_sample.py")
     parser.add_argument("--cache", default="data/fashion_judge.pt", help="where the trained judge is kept")
     parser.add_argument("--json", default="", help="also write the accuracies to this JSON file")
@@ -164,4 +165,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,6 +26,7 @@ from evaluations import metrics
 from evaluations.npz_io import BatchFileError, open_npz_array, read_headers
 from evaluations.stats import BatchStats, check_stored, has_stored
 from evaluations.weights import load_inception
+from guided_diffusion.errors import ArgumentParser, run
 
 RECOMMENDED_SAMPLES = 50000
 RECOMMENDED_REFERENCE = 10000
@@ -192,7 +193,7 @@ def add_inception_flags(parser):
 
 
 def create_argparser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("batches", nargs="+", help="REF.npz SAMPLE.npz, or one BATCH.npz with --save_stats")
     parser.add_argument("--save_stats", metavar="OUT.npz", default="",
                         help="write the batch's statistics and pool_3 activations, usable as REF (default: \"\")")
@@ -208,15 +209,12 @@ def main(argv=None):
     if len(args.batches) != expected:
         parser.error("--save_stats takes one BATCH.npz" if args.save_stats else "give REF.npz and SAMPLE.npz")
     model = load_inception(args.inception_path or None, args.device)
-    try:
-        if args.save_stats:
-            print(f"wrote {save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)}")
-            return
-        results = evaluate(*args.batches, model, batch_size=args.batch_size, device=args.device)
-    except BatchFileError as error:
-        parser.error(str(error))
+    if args.save_stats:
+        print(f"wrote {save_stats(args.save_stats, args.batches[0], model, args.batch_size, args.device)}")
+        return
+    results = evaluate(*args.batches, model, batch_size=args.batch_size, device=args.device)
     print(json.dumps(results) if args.json else format_report(results))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,6 +19,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
+from guided_diffusion.errors import ArgumentParser, run  # noqa: E402
+
 TRAINING_KEYS = ("loss", "mse", "vb")  # what image_train logs (mse and vb with a learned variance)
 GUIDANCE_METRICS = (("fid", "FID"), ("accuracy", "judge accuracy"), ("precision", "precision"), ("recall", "recall"))
 GUIDANCE_POINT = ("scale", "fid", "fid_low", "fid_high", "accuracy", "precision", "recall")  # plot_guidance's points
@@ -182,7 +184,7 @@ def plot_sweep(rows, out_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     sweep = commands.add_parser("sweep", help="plots of a sweep table (sweep.json)")
     sweep.add_argument("table", help="sweep.json written by scripts/sweep.py")
@@ -206,4 +208,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

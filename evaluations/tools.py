@@ -19,9 +19,10 @@ from PIL import Image
 
 from evaluations import metrics
 from evaluations.evaluator import add_inception_flags, batch_activations, check_images
-from evaluations.npz_io import BatchFileError, open_npz_array
+from evaluations.npz_io import open_npz_array
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
+from guided_diffusion.errors import ArgumentParser, run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
@@ -137,7 +138,7 @@ def npz_to_png(path, out_dir, batch_size=256):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ref = commands.add_parser("make_reference", help="reference npz from an image folder")
     ref.add_argument("image_dir", help="folder of images (searched recursively)")
@@ -150,21 +151,14 @@ def main(argv=None):
     png.add_argument("out_dir", help="folder for 000000.png, 000001.png, ...")
     args = parser.parse_args(argv)
     if args.command == "to_png":
-        try:
-            print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
-        except BatchFileError as error:
-            parser.error(str(error))
+        print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
         return
     model = load_inception(args.inception_path or None, args.device)
-    try:
-        count, skipped = make_reference(
-            args.image_dir, args.out, args.image_size, args.num_keep, model, args.batch_size, args.device
-        )
-    except (FileNotFoundError, ValueError) as error:  # no images, too few readable ones
-        parser.error(str(error))
+    count, skipped = make_reference(args.image_dir, args.out, args.image_size, args.num_keep, model, args.batch_size,
+                                    args.device)
     print(f"wrote {args.out}: statistics over {count} images, arr_0 holds {min(count, args.num_keep)}"
           + (f"; skipped {len(skipped)} unreadable files (named in the warnings above)" if skipped else ""))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from . import gaussian_diffusion as gd
+from .errors import UsageError
 from .respace import SpacedDiffusion, space_timesteps
 from .schedules import get_named_beta_schedule
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
@@ -14,6 +15,8 @@ CHANNEL_MULTS = {
     128: (1, 1, 2, 3, 4),
     64: (1, 2, 3, 4),
 }
+# Groups of every GroupNorm (nn.normalization): each level's width must be a multiple of it.
+NORM_GROUPS = 32
 # The super-resolution model's own table, keyed by the large size.
 SR_CHANNEL_MULTS = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 
@@ -37,6 +40,23 @@ def parse_channel_mult(channel_mult, image_size, table=CHANNEL_MULTS, flag="--ch
     except ValueError:
         raise ValueError(f"{flag} must be comma-separated numbers such as 1,2,2,4, got {channel_mult!r}") from None
     return tuple(int(m) if m.is_integer() else m for m in mults)
+
+
+def check_widths(width, channel_mult, width_flag="--num_channels", mult_flag="--channel_mult"):
+    """Refuse a base width whose levels, int(mult * width) for mult in channel_mult (a tuple), GroupNorm
+    cannot split into NORM_GROUPS groups; the UsageError names the flags and a width that works."""
+    def fits(base):
+        return all(int(m * base) > 0 and int(m * base) % NORM_GROUPS == 0 for m in channel_mult)
+
+    if fits(width):
+        return
+    widths = ", ".join(str(int(m * width)) for m in channel_mult)
+    mults = ",".join(f"{m:g}" for m in channel_mult)
+    bases = [base for base in range(NORM_GROUPS, 64 * NORM_GROUPS + 1, NORM_GROUPS) if fits(base)]
+    good = next((base for base in bases if base >= width), bases[0] if bases else None)
+    fix = f"use e.g. {width_flag} {good} (or change {mult_flag})" if good else f"change {mult_flag}"
+    raise UsageError(f"{width_flag} {width} with {mult_flag} {mults} gives levels of {widths} channels, but "
+                     f"GroupNorm({NORM_GROUPS}) needs every level to be a multiple of {NORM_GROUPS}: {fix}")
 
 
 def attention_downsample_rates(attention_resolutions, image_size):
@@ -73,9 +93,11 @@ def _unet_options(config, image_size, learn_sigma):
 
 def build_unet(config, learn_sigma=False):
     """The diffusion UNet of a ModelConfig; learn_sigma (a DiffusionConfig flag) doubles the outputs."""
+    channel_mult = parse_channel_mult(config.channel_mult, config.image_size)
+    check_widths(config.num_channels, channel_mult)
     return UNetModel(
         **_unet_options(config, config.image_size, learn_sigma),
-        channel_mult=parse_channel_mult(config.channel_mult, config.image_size),
+        channel_mult=channel_mult,
         use_new_attention_order=config.use_new_attention_order,
         class_dropout_prob=config.class_dropout_prob,
     )
@@ -84,14 +106,16 @@ def build_unet(config, learn_sigma=False):
 def build_super_res(config, learn_sigma=False):
     """The super-resolution UNet of a SuperResConfig, at large_size (the low-res input is upsampled
     to it inside the model, so small_size changes no weight)."""
-    return SuperResModel(
-        **_unet_options(config, config.large_size, learn_sigma),
-        channel_mult=parse_channel_mult(config.channel_mult, config.large_size, SR_CHANNEL_MULTS),
-    )
+    channel_mult = parse_channel_mult(config.channel_mult, config.large_size, SR_CHANNEL_MULTS)
+    check_widths(config.num_channels, channel_mult)
+    return SuperResModel(**_unet_options(config, config.large_size, learn_sigma), channel_mult=channel_mult)
 
 
 def build_classifier(config):
     """The noisy-image classifier of a ClassifierConfig (64 channels per attention head, as released)."""
+    channel_mult = parse_channel_mult(config.classifier_channel_mult, config.image_size,
+                                      flag="--classifier_channel_mult")
+    check_widths(config.classifier_width, channel_mult, "--classifier_width", "--classifier_channel_mult")
     return EncoderUNetModel(
         image_size=config.image_size,
         in_channels=config.image_channels,
@@ -99,8 +123,7 @@ def build_classifier(config):
         out_channels=config.num_classes,
         num_res_blocks=config.classifier_depth,
         attention_resolutions=attention_downsample_rates(config.classifier_attention_resolutions, config.image_size),
-        channel_mult=parse_channel_mult(config.classifier_channel_mult, config.image_size,
-                                        flag="--classifier_channel_mult"),
+        channel_mult=channel_mult,
         use_fp16=config.classifier_use_fp16,
         num_head_channels=64,
         use_scale_shift_norm=config.classifier_use_scale_shift_norm,

@@ -15,6 +15,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from . import dist_util
+from .errors import UsageError
 
 EXPECTED_FILE = (
     "a model state dict saved by training or released with the paper (modelNNNNNN.pt, "
@@ -22,7 +23,7 @@ EXPECTED_FILE = (
 )
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UsageError):
     """The checkpoint's keys or shapes do not fit the model built from the flags."""
 
 
@@ -94,6 +95,8 @@ def _safetensors_load(path, data):
 
 def _unreadable_reason(data, exc):
     """Why torch.load failed on `data` (a file's bytes), in words."""
+    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        return "is not a torch checkpoint"
     if "Weights only load failed" in str(exc):
         return "holds Python objects, not only tensors (a pickled model? save model.state_dict() instead)"
     if data[:4] == b"PK\x03\x04":  # torch's zip format, cut short or damaged

@@ -8,7 +8,11 @@ import sys
 import typing
 
 from .config import flag_help
+from .errors import ArgumentParser
 from .presets import PRESETS, preset_flags
+
+COMMAND_LINE = "the command line"
+DEFAULT = "the defaults"
 
 
 def str2bool(v):
@@ -24,8 +28,8 @@ def str2bool(v):
 
 def config_parser(description, *config_classes):
     """An ArgumentParser with the flags of config_classes (a flag shared by two classes appears once)
-    and --preset; description: the script's docstring."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    and --preset (and --debug: errors.ArgumentParser); description: the script's docstring."""
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_preset_flag(parser)
     seen = set()
     for cls in config_classes:
@@ -76,7 +80,25 @@ def parse_args(parser, argv=None):
     return parser.parse_args(argv, namespace=argparse.Namespace(**{k: v for k, v in preset.items() if k in defaults}))
 
 
+def parse_flags(parser, argv=None):
+    """parse_args's values as {flag: value}, and where each came from: {flag: COMMAND_LINE, "--preset NAME"
+    or DEFAULT}."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    values = vars(parse_args(parser, argv))
+    origins = dict.fromkeys(values, DEFAULT)
+    for name in filter(None, (n.strip() for n in values.get("preset", "").split(","))):
+        origins.update({flag: f"--preset {name}" for flag in preset_flags(name) if flag in values})
+    unset = object()
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(values, unset)))
+    origins.update({flag: COMMAND_LINE for flag, value in vars(given).items() if value is not unset})
+    return values, origins
+
+
+def configs_of(values, config_classes):
+    """{flag: value} -> one instance of each config class, from the flags it has."""
+    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+
+
 def parse_configs(parser, config_classes, argv=None):
     """The parsed command line as one instance of each config class (with parse_args's presets)."""
-    values = vars(parse_args(parser, argv))
-    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+    return configs_of(vars(parse_args(parser, argv)), config_classes)

@@ -81,10 +81,10 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
     class_names = class_names_of(files)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     shard = files[rank::world]
-    if len(shard) < batch_size:
-        raise ValueError(f"{data_dir!r} gives rank {rank} only {len(shard)} images (of {len(files)} over "
-                         f"{world} ranks), fewer than --batch_size {batch_size}; use a smaller batch size "
-                         f"or more images")
+    if len(files) // world < batch_size:  # the smallest shard: every rank raises alike
+        raise ValueError(f"{data_dir!r} gives each of {world} ranks as few as {len(files) // world} images (of "
+                         f"{len(files)}), fewer than --batch_size {batch_size}; use a smaller batch size or more "
+                         f"images")
     index = {name: i for i, name in enumerate(class_names)}
     labels = [index[class_name_of(p)] for p in shard] if class_cond else None
     dataset = ImageDataset(image_size, shard, labels, random_crop, random_flip, seed=(seed, rank),

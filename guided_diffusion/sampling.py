@@ -8,24 +8,27 @@ import torch.distributed as dist
 
 from . import dist_util, logger
 from .checkpoint import load_checkpoint
-from .cli import parse_configs
 from .config import SamplerConfig
 from .guidance import ClassifierFreeGuidance
+from .run_flags import start_run
 from .sample_io import save_samples, to_uint8_nhwc
 from .sample_seeds import SeededBatch, resolve_seed, shard_range
 from .samplers import SAMPLERS, resolve_sampler, sample
 
 
-def start_sampling(parser, config_classes):
-    """Parse the command line into one instance per config class, then set up the processes and the
-    log dir. Returns the configs."""
-    configs = parse_configs(parser, config_classes)
+def start_sampling(parser, config_classes, argv=None):
+    """run_flags.start_run: the configs of the command line (argv: sys.argv[1:] when None), the flags of
+    the checkpoints it names filled from their runs, the sampler options checked; the processes and the
+    log dir set up."""
+    return start_run(parser, config_classes, argv, before_writing=_check_sampler_options)
+
+
+def _check_sampler_options(configs, log_dir):
+    """A sampler option the sampler does not take stops the run before anything is written."""
     for config in configs:
         if isinstance(config, SamplerConfig):
-            sampler_keywords(config)  # a sampler option the sampler does not take stops the run here
-    dist_util.setup_dist()
-    logger.configure()
-    return configs
+            sampler_keywords(config)
+    return []
 
 
 def load_for_sampling(model, path, device, flag="--model_path"):
@@ -45,7 +48,8 @@ def free_guidance(guidance_scale, model):
     if getattr(model, "null_class", None) is None:
         raise ValueError(
             f"--guidance_scale {guidance_scale} needs a model trained with label dropout: train it with "
-            "--class_dropout_prob > 0 (and pass the same flag when sampling), or use --guidance_scale 1"
+            "--class_dropout_prob > 0 (a checkpoint without its train_config.json needs that flag when sampling "
+            "too), or use --guidance_scale 1"
         )
     return (ClassifierFreeGuidance(guidance_scale, model.null_class),)
 

@@ -3,29 +3,27 @@ from typed configs and train_config.json's contents."""
 
 import dataclasses
 import functools
-import os
 
-from . import dist_util, logger, run_lock
-from .cli import parse_configs
+from . import dist_util, run_lock
 from .config import as_flags, checked_on_resume
 from .image_datasets import load_data
+from .run_flags import start_run
 from .train_util import TrainLoop, seed_all
 
 
-def start_training(parser, config_classes):
-    """Parse the command line into one instance per config class (the last a LoopConfig), then set up
-    the processes, lock the log dir for this run (run_lock: before anything is written there; rank 0
-    takes the lock, and if another run holds it every rank stops with LogDirInUse), start logging and
-    seed. Returns the configs."""
-    configs = parse_configs(parser, config_classes)
-    dist_util.setup_dist()
-    log_dir = os.path.expanduser(logger.default_dir())
-    warnings = dist_util.on_rank0(functools.partial(run_lock.acquire, log_dir))
-    logger.configure(dir=log_dir)
-    for warning in warnings:
-        logger.warn(warning)
+def start_training(parser, config_classes, argv=None):
+    """run_flags.start_run (the model flags of --resume_checkpoint / --init_checkpoint from their runs), with
+    the log dir locked for this run before anything is written there (run_lock: rank 0 takes the lock; if
+    another run holds it every rank stops with LogDirInUse), then the seeds. Returns one instance per
+    config class, the last a LoopConfig."""
+    configs = start_run(parser, config_classes, argv, before_writing=_lock_log_dir)
     seed_all(configs[-1].seed)
     return configs
+
+
+def _lock_log_dir(configs, log_dir):
+    """Lock log_dir for this run on rank 0 (every rank learns the outcome); returns the lock's warnings."""
+    return dist_util.on_rank0(functools.partial(run_lock.acquire, log_dir))
 
 
 def training_images(loop_config, image_size, class_cond, num_classes, image_channels=3, data_dir=None, **options):

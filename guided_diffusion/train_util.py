@@ -25,11 +25,12 @@ from torch.optim import AdamW
 
 from . import dist_util, logger, train_state
 from .checkpoint import load_checkpoint, read_torch_file
+from .errors import RunStopped
 from .fp16_util import NONFINITE_LOSS, MixedPrecisionTrainer
 from .resample import LossAwareSampler, create_named_schedule_sampler
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(RunStopped):
     """Training cannot continue (e.g. every recent step had a non-finite loss or gradient)."""
 
 

@@ -14,6 +14,7 @@ from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_classifier, build_diffusion, build_unet
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, ClassifierSampleConfig, DiffusionConfig, ModelConfig
+from guided_diffusion.errors import run
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.sample_seeds import parse_class_labels
 
@@ -55,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

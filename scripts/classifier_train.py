@@ -9,6 +9,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_classifier, build_diffusion
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, ClassifierTrainConfig, DiffusionConfig
+from guided_diffusion.errors import run
 from guided_diffusion.train_setup import float32_init, run_config, start_training, training_images
 from guided_diffusion.train_util import ClassifierTrainLoop
 
@@ -45,4 +46,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

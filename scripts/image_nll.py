@@ -20,6 +20,7 @@ from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_diffusion, build_unet
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig, NllConfig
+from guided_diffusion.errors import run
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.sample_seeds import resolve_seed, shard_range
 
@@ -103,4 +104,4 @@ def evaluate_bpd(model, diffusion, data, count, clip_denoised, device, progress=
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,6 +7,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_diffusion, build_unet
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig, TrainConfig
+from guided_diffusion.errors import run
 from guided_diffusion.train_setup import float32_init, start_training, train_diffusion, training_images
 
 CONFIGS = (ModelConfig, DiffusionConfig, TrainConfig)
@@ -32,4 +33,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,8 +35,9 @@ MODEL_FLAGS="$SHAPE_FLAGS --num_channels 32 --num_res_blocks 1 --channel_mult 1,
   --num_heads 2 --class_cond True --class_dropout_prob 0.1"
 CLASSIFIER_FLAGS="$SHAPE_FLAGS --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2,2
   --classifier_attention_resolutions $((IMAGE_SIZE / 4))"
-SAMPLE_FLAGS="$MODEL_FLAGS $SAMPLER_FLAGS --num_samples $SAMPLES --batch_size $SAMPLES --seed 0
-  --class_labels 0,1,2,3,4,5,6,7,8,9 --progress False"
+# Sampling names the checkpoints only: the model and classifier flags come from their runs' train_config.json.
+SAMPLE_FLAGS="$SAMPLER_FLAGS --num_samples $SAMPLES --batch_size $SAMPLES --seed 0 --class_labels 0,1,2,3,4,5,6,7,8,9
+  --progress False"
 START=$SECONDS
 step() { echo "[$((SECONDS - START)) s] $*"; }
 
@@ -58,8 +59,8 @@ CLASSIFIER=$(ls "$RUN"/classifier/model*.pt | sort | tail -1)
 step "sampling: unguided (conditional model, guidance scale 1)"
 OPENAI_LOGDIR="$RUN/unguided" python scripts/image_sample.py $SAMPLE_FLAGS --model_path "$MODEL"
 step "sampling: classifier guidance (scale $CLASSIFIER_SCALE)"
-OPENAI_LOGDIR="$RUN/classifier_guided" python scripts/classifier_sample.py $SAMPLE_FLAGS $CLASSIFIER_FLAGS \
-  --model_path "$MODEL" --classifier_path "$CLASSIFIER" --classifier_scale "$CLASSIFIER_SCALE"
+OPENAI_LOGDIR="$RUN/classifier_guided" python scripts/classifier_sample.py $SAMPLE_FLAGS --model_path "$MODEL" \
+  --classifier_path "$CLASSIFIER" --classifier_scale "$CLASSIFIER_SCALE"
 step "sampling: classifier-free guidance (scale $GUIDANCE_SCALE)"
 OPENAI_LOGDIR="$RUN/classifier_free_guided" python scripts/image_sample.py $SAMPLE_FLAGS --model_path "$MODEL" \
   --guidance_scale "$GUIDANCE_SCALE"
@@ -68,4 +69,5 @@ step "judging the samples with a classifier trained on clean Fashion-MNIST"
 python datasets/fashion_mnist_judge.py --cache "$JUDGE_CACHE" --grids --json "$RUN/accuracy.json" \
   "$RUN"/unguided/samples_*.npz "$RUN"/classifier_guided/samples_*.npz "$RUN"/classifier_free_guided/samples_*.npz
 step "done: grids (one row per class) in $RUN/*/class_grid.png, samples in $RUN/*/samples_*.npz,
-  accuracies in $RUN/accuracy.json"
+  accuracies in $RUN/accuracy.json. More samples (the flags come from the checkpoint's run):
+  python scripts/image_sample.py --model_path $MODEL --num_samples 16"

@@ -13,6 +13,7 @@ from guided_diffusion.base_samples import load_base_samples
 from guided_diffusion.build import build_diffusion, build_super_res
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, SuperResConfig, SuperResSampleConfig
+from guided_diffusion.errors import run
 
 CONFIGS = (SuperResConfig, DiffusionConfig, SuperResSampleConfig)
 
@@ -47,4 +48,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -8,6 +8,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.build import build_diffusion, build_super_res
 from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, SuperResConfig, TrainConfig
+from guided_diffusion.errors import run
 from guided_diffusion.image_datasets import LowResConditioned
 from guided_diffusion.train_setup import float32_init, start_training, train_diffusion, training_images
 
@@ -35,4 +36,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,15 +37,15 @@ import torch as th
 from evaluations import evaluator, plots, tools
 from evaluations.bootstrap import FidBootstrap
 from evaluations.features import PixelFeatures
-from evaluations.npz_io import BatchFileError
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
-from guided_diffusion import samplers
+from guided_diffusion import errors, samplers
 from guided_diffusion.build import build_diffusion
 from guided_diffusion.checkpoint import load_checkpoint
-from guided_diffusion.cli import config_parser, parse_configs, str2bool
+from guided_diffusion.cli import config_parser, parse_flags, str2bool
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, as_flags, flag
 from guided_diffusion.guidance import ClassifierGuidance
+from guided_diffusion.run_flags import resolve_configs
 from guided_diffusion.sample_io import to_uint8_nhwc
 from guided_diffusion.sample_seeds import SeededBatch
 from guided_diffusion.sampling import free_guidance
@@ -430,19 +430,14 @@ def create_argparser():
 
 
 def main(argv=None):
-    parser = create_argparser()
-    model_config, diffusion_config, classifier_config, config = parse_configs(parser, CONFIGS, argv)
-    try:
-        runs, diffusions = check_config(config, model_config, diffusion_config)
-        real = tools.read_images(config.real_images, model_config.image_size) if config.real_images else None
-    except (ValueError, FileNotFoundError) as error:  # BatchFileError is a ValueError
-        parser.error(str(error))
+    values, origins = parse_flags(create_argparser(), argv)
+    (model_config, diffusion_config, classifier_config, config), lines = resolve_configs(values, origins, CONFIGS)
+    print("\n".join(lines))
+    runs, diffusions = check_config(config, model_config, diffusion_config)  # usage errors before any work
+    real = tools.read_images(config.real_images, model_config.image_size) if config.real_images else None
     device = "cuda" if th.cuda.is_available() else "cpu"
     extractor = feature_extractor(config, device)
-    try:
-        reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
-    except BatchFileError as error:  # missing, damaged or wrong-sized reference: a usage error, as in evaluator.py
-        parser.error(str(error))
+    reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
     judge = load_judge(config.judge, model_config.image_size)
     score = Scorer(reference, extractor, config.eval_batch_size, device, config.bootstrap, config.seed, judge)
     os.makedirs(config.out_dir, exist_ok=True)
@@ -472,4 +467,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -87,6 +87,29 @@ def live_image_bytes(height, width):
     return totals
 
 
+# A 16x16 greyscale class-conditional run with label dropout and its classifier, trained by the scripts
+# for a few steps (tiny_runs in conftest.py): what the flags-from-checkpoint tests sample from.
+TINY_RUN = dict(image_size=16, image_channels=1, num_classes=2, class_cond=True, class_dropout_prob=0.1,
+                num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8", num_heads=2,
+                learn_sigma=True, diffusion_steps=20, noise_schedule="cosine")
+TINY_RUN_CLASSIFIER = dict(image_size=16, image_channels=1, num_classes=2, classifier_width=32, classifier_depth=1,
+                           classifier_channel_mult="1,2", classifier_attention_resolutions="8", diffusion_steps=20,
+                           noise_schedule="cosine")
+
+
+def write_grey_images(data_dir, per_class=4, size=16):
+    """per_class random greyscale PNGs of classes "dark" and "light" (size x size) in data_dir."""
+    from PIL import Image
+
+    data_dir.mkdir(parents=True)
+    gen = th.Generator().manual_seed(0)
+    for label, name in enumerate(("dark", "light")):
+        for i in range(per_class):
+            pixels = (th.rand(size, size, generator=gen) * 100 + 120 * label).to(th.uint8).numpy()
+            Image.fromarray(pixels, mode="L").save(data_dir / f"{name}_{i}.png")
+    return data_dir
+
+
 def to_argv(flags):
     """{"lr": 1e-4, "class_cond": True} -> ["--lr", "0.0001", "--class_cond", "True"]."""
     return [tok for k, v in flags.items() for tok in (f"--{k}", str(v))]

@@ -33,3 +33,19 @@ def one_torch_thread():
     th.set_num_threads(1)
     yield
     th.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """{"data", "model", "ema", "classifier"}: TINY_RUN trained 2 steps by image_train.py and
+    TINY_RUN_CLASSIFIER 2 steps by classifier_train.py on 8 greyscale images, each log dir with its
+    train_config.json; "model" is model000002.pt, "ema" ema_0.9_000002.pt, "classifier" model000002.pt."""
+    root = tmp_path_factory.mktemp("tiny_runs")
+    data = _train_helpers.write_grey_images(root / "data")
+    common = dict(data_dir=data, batch_size=2, save_interval=2)
+    _train_helpers.run_script("image_train", dict(_train_helpers.TINY_RUN, **common, max_steps=2, ema_rate=0.9),
+                              root / "model")
+    _train_helpers.run_script("classifier_train", dict(_train_helpers.TINY_RUN_CLASSIFIER, **common, iterations=2),
+                              root / "classifier")
+    return {"data": data, "model": root / "model" / "model000002.pt", "ema": root / "model" / "ema_0.9_000002.pt",
+            "classifier": root / "classifier" / "model000002.pt"}

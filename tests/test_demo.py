@@ -86,7 +86,7 @@ REDUCED = dict(IMAGE_SIZE="16", PER_CLASS="300", STEPS="400", CLASSIFIER_STEPS="
 def run_quickstart(tmp_path, **env):
     env = dict(os.environ, OMP_NUM_THREADS="2", RUN=str(tmp_path / "run"), DATA=str(tmp_path / "data"),
                JUDGE_CACHE=str(tmp_path / "judge.pt"), PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-               **env)
+               PYTHONPATH=str(REPO), **env)  # the scripts import this checkout's package
     return subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
 

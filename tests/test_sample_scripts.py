@@ -115,6 +115,7 @@ ADDED_FLAGS = {  # this project's additions: model options, sampling options, pr
     "seed", "progress", "class_labels", "preset", "image_channels", "class_dropout_prob", "sampler", "guidance_scale",
     "channel_mult",  # super_res_sample's
     "eta", "churn", "s_tmin", "s_tmax", "s_noise", "lower_order_final", "dynamic_threshold", "reclip_guided",
+    "debug",  # every script: show the traceback of an error
 }
 
 
@@ -210,8 +211,8 @@ def test_classifier_free_guidance_with_dpm_solver(checkpoints, tmp_path, run_scr
 def test_wrong_flags_for_checkpoint_are_a_clear_error(checkpoints, tmp_path, run_script):
     result = run_script("image_sample", model_flags(checkpoints, num_channels=64, num_samples=1),
                         tmp_path, check=False)
-    assert result.returncode != 0
-    assert "does not fit the model built from these flags" in result.stderr
+    assert result.returncode == 2
+    assert "image_sample.py: error: --num_channels 64 contradicts the checkpoint (32" in result.stderr
 
 
 # ----------------------------------------------------------------------------- samplers
