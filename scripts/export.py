@@ -1,10 +1,11 @@
 """
 Export a checkpoint: as a .safetensors file (the same state dict, tensors only; every --model_path and
---classifier_path reads it), or with its diffusion schedule as a diffusers folder (give the model's
-flags, as for sampling) that diffusers loads offline:
+--classifier_path reads it), or with its diffusion schedule as a diffusers folder that diffusers loads
+offline (the model's flags come from its run's train_config.json, or from the release's preset its
+shapes match, as for sampling):
 
     python scripts/export.py --to safetensors --model_path 64x64_diffusion.pt --out 64x64_diffusion.safetensors
-    python scripts/export.py --to diffusers --preset adm64_cond --model_path 64x64_diffusion.pt --out adm64
+    python scripts/export.py --to diffusers --model_path 64x64_diffusion.pt --out adm64
 
     UNet2DModel.from_pretrained("adm64", subfolder="unet"), DDPMScheduler.from_pretrained("adm64", subfolder="scheduler")
 
@@ -16,10 +17,12 @@ import dataclasses
 import os
 
 from guided_diffusion.build import build_unet
-from guided_diffusion.checkpoint import CheckpointMismatchError, check_state_dict_fits, read_state_dict, write_safetensors
-from guided_diffusion.cli import config_parser, parse_configs
+from guided_diffusion.checkpoint import check_state_dict_fits, read_state_dict, write_safetensors
+from guided_diffusion.cli import config_parser, configs_of, parse_flags
 from guided_diffusion.config import DiffusionConfig, ExportConfig, ModelConfig
+from guided_diffusion.errors import run as run_script
 from guided_diffusion.export_diffusers import export, refuse_foreign_state_dict
+from guided_diffusion.run_flags import resolve_configs
 
 CONFIGS = (ModelConfig, DiffusionConfig, ExportConfig)
 
@@ -29,17 +32,18 @@ def create_argparser():
 
 
 def main():
-    parser = create_argparser()
-    model_config, diffusion_config, run = parse_configs(parser, CONFIGS)
-    try:
-        check_out(run)
-        state_dict = read_state_dict(run.model_path)
-        if run.to == "safetensors":
-            write_safetensors(state_dict, run.out)
-        else:
-            export(loaded_unet(model_config, diffusion_config, state_dict, run.model_path), diffusion_config, run.out)
-    except (ValueError, CheckpointMismatchError, FileNotFoundError) as err:  # ExportError, CheckpointFileError: ValueErrors
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    values, origins = parse_flags(create_argparser())
+    if values["to"] == "safetensors":  # the state dict as it is: no flags needed
+        model_config, diffusion_config, run = configs_of(values, CONFIGS)
+    else:
+        (model_config, diffusion_config, run), lines = resolve_configs(values, origins, CONFIGS)
+        print("\n".join(lines))
+    check_out(run)
+    state_dict = read_state_dict(run.model_path)
+    if run.to == "safetensors":
+        write_safetensors(state_dict, run.out)
+    else:
+        export(loaded_unet(model_config, diffusion_config, state_dict, run.model_path), diffusion_config, run.out)
     print(f"wrote {run.out}")
 
 
@@ -65,4 +69,4 @@ def loaded_unet(model_config, diffusion_config, state_dict, path):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -267,3 +267,18 @@ def test_export_script_overwrites_nothing_and_says_what_to_give(tmp_path, capsys
     assert code == 2 and stderr.startswith("export.py: error: ") and message in stderr and stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.safetensors", "model.pt"]
     assert (tmp_path / "kept.safetensors").read_bytes() == b"kept"
+
+
+def test_export_script_takes_the_flags_from_the_run_of_the_checkpoint(tmp_path, capsys):
+    from guided_diffusion.config import TrainConfig
+    from guided_diffusion.train_setup import run_config
+
+    model_config, diffusion_config = small("adm64_cond")
+    model = random_unet(model_config, diffusion_config)
+    th.save(model.state_dict(), tmp_path / "ema_0.9999_000010.pt")
+    (tmp_path / "train_config.json").write_text(
+        json.dumps(run_config((model_config, diffusion_config), TrainConfig(), [])))
+    argv = ["--to", "diffusers", "--model_path", tmp_path / "ema_0.9999_000010.pt", "--out", tmp_path / "dir"]
+    assert export_script(argv, capsys)[0] == 0  # no model flag on the command line
+    config = json.loads((tmp_path / "dir" / "unet" / "config.json").read_text())
+    assert config["sample_size"] == model_config.image_size and config["num_class_embeds"] == model_config.num_classes
