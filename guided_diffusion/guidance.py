@@ -30,6 +30,7 @@ A plain function is a guide too (all attributes off).
 """
 
 import contextlib
+import copy
 import functools
 import operator
 
@@ -229,9 +230,8 @@ class GuidedDenoiser:
 
     def over(self, diffusion):
         """This denoiser bound to another diffusion (e.g. the same one over more timesteps)."""
-        rebound = object.__new__(GuidedDenoiser)
-        rebound.__dict__.update(self.__dict__, diffusion=diffusion, schedule=diffusion.schedule,
-                                denoiser=diffusion.denoiser)
+        rebound = copy.copy(self)
+        rebound.diffusion, rebound.schedule, rebound.denoiser = diffusion, diffusion.schedule, diffusion.denoiser
         return rebound
 
     def __call__(self, x, t, after_step=True):
