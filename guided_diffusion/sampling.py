@@ -19,12 +19,18 @@ from .samplers import SAMPLERS, resolve_sampler, sample
 def start_sampling(parser, config_classes):
     """Parse the command line into one instance per config class, then set up the processes and the
     log dir. Returns the configs."""
+    configs = parse_sampling_configs(parser, config_classes)
+    dist_util.setup_dist()
+    logger.configure()
+    return configs
+
+
+def parse_sampling_configs(parser, config_classes):
+    """The command line as one instance per config class, the sampler options checked; sets up nothing."""
     configs = parse_configs(parser, config_classes)
     for config in configs:
         if isinstance(config, SamplerConfig):
             sampler_keywords(config)  # a sampler option the sampler does not take stops the run here
-    dist_util.setup_dist()
-    logger.configure()
     return configs
 
 
