@@ -67,13 +67,15 @@ def accuracy(judge, images, labels):
     return (predict(judge, images) == labels).float().mean().item()
 
 
-def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source_dir=DATA_DIR):
-    """Train a Judge on the real training split; returns (judge, accuracy on the real test split)."""
+def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source_dir=DATA_DIR, build=Judge):
+    """Train a Judge (or another classifier: build(image_size) -> a module [N, 1, S, S] in [-1, 1] -> [N, 10]
+    logits with an image_size attribute) on the real training split from `seed`; returns (classifier,
+    accuracy on the real test split)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     images, labels = load_split("train", image_size, source_dir)
     x, y = to_input(images), torch.from_numpy(labels.astype(np.int64))
-    judge = Judge(image_size)
+    judge = build(image_size)
     opt = torch.optim.Adam(judge.parameters(), lr=lr)
     steps = epochs * (len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -90,17 +92,19 @@ def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source
     return judge, accuracy(judge, test_images, test_labels)
 
 
-def load_or_train(cache_path, image_size=28, source_dir=DATA_DIR, log=print):
-    """The judge cached at cache_path (trained and saved there first if missing); returns (judge, test acc)."""
+def load_or_train(cache_path, image_size=28, source_dir=DATA_DIR, log=print, build=Judge, seed=0):
+    """The judge (or the classifier of build, trained from seed; see train_judge) cached at cache_path, trained
+    and saved there first if missing; returns (classifier, test acc)."""
+    name = build.__name__
     if cache_path and os.path.exists(cache_path):
         saved = torch.load(cache_path, weights_only=True)
         if saved["image_size"] == image_size:
-            judge = Judge(image_size)
+            judge = build(image_size)
             judge.load_state_dict(saved["state_dict"])
             return judge, saved["test_accuracy"]
-        log(f"{cache_path} holds a {saved['image_size']} px judge; training one for {image_size} px")
-    judge, test_acc = train_judge(image_size, source_dir=source_dir)
-    log(f"judge: trained on real Fashion-MNIST, test accuracy {test_acc:.3f}")
+        log(f"{cache_path} holds a {saved['image_size']} px {name}; training one for {image_size} px")
+    judge, test_acc = train_judge(image_size, source_dir=source_dir, seed=seed, build=build)
+    log(f"{name}: trained on real Fashion-MNIST (seed {seed}), test accuracy {test_acc:.3f}")
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         torch.save(dict(image_size=image_size, test_accuracy=test_acc, state_dict=judge.state_dict()), cache_path)

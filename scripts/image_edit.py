@@ -46,7 +46,7 @@ def main():
         input_labels = None if input_labels is None else input_labels[:run.num_samples]
     task = edit_run.edit_task(run, model_config.image_size)
     loss = edit_run.load_loss(run.loss)
-    fid_model = load_fid_model(run.ref_batch)
+    inception_path = check_fid_inputs(run.ref_batch)
 
     dist_util.setup_dist()
     device = dist_util.dev()
@@ -89,8 +89,8 @@ def main():
         save_edit_grid(originals, edit_run.degraded(task, diffusion, originals, seed), outputs,
                        os.path.join(logger.get_dir(), "edit_grid.png"))
         metrics = edit_run.edit_metrics(task, originals, outputs, seed, seconds)
-        if fid_model is not None:
-            metrics["fid"] = fid_of(fid_model, run.ref_batch, path)
+        if inception_path:
+            metrics["fid"] = fid_of(inception_path, run.ref_batch, path)
         with open(os.path.join(logger.get_dir(), "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         logger.log(f"saved {path}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
@@ -100,25 +100,27 @@ def main():
     logger.log("editing complete")
 
 
-def load_fid_model(ref_batch):
-    """The Inception network for --ref_batch's FID (None without one); errors name what is missing."""
+def check_fid_inputs(ref_batch):
+    """The Inception weights' path for --ref_batch's FID ("" without one); errors name what is missing."""
     if not ref_batch:
-        return None
-    from evaluations.weights import load_inception
+        return ""
+    from evaluations.weights import resolve_inception_path
 
     if not os.path.isfile(ref_batch):
         raise ValueError(f"--ref_batch {ref_batch} does not exist; give a reference batch npz or leave it out")
     try:
-        return load_inception(device=dist_util.dev())
+        return resolve_inception_path()
     except FileNotFoundError as err:
         raise ValueError(f"--ref_batch needs the Inception weights: {err}") from None
 
 
-def fid_of(fid_model, ref_batch, sample_path):
+def fid_of(inception_path, ref_batch, sample_path):
     """The FID of the saved outputs against the reference batch."""
     from evaluations.evaluator import evaluate
+    from evaluations.weights import load_inception
 
-    return float(evaluate(ref_batch, sample_path, fid_model, device=dist_util.dev())["fid"])
+    model = load_inception(inception_path, device=dist_util.dev())
+    return float(evaluate(ref_batch, sample_path, model, device=dist_util.dev())["fid"])
 
 
 if __name__ == "__main__":
