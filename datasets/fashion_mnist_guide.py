@@ -16,33 +16,20 @@ import sys
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fashion_mnist_judge import load_or_train  # noqa: E402
+from fashion_mnist_judge import Judge, load_or_train  # noqa: E402
 
 GUIDE_SEED = 1  # the judge trains from seed 0
 
 
-class GuideNet(nn.Module):
-    """Two 3x3 conv / SiLU / average-pool stages (24 and 48 channels) and a two-layer SiLU head:
+def guide_net(image_size=28):
+    """The guide classifier: the judge's layout with SiLU, average pooling and widths 24, 48, 96:
     [N, 1, S, S] in [-1, 1] -> [N, 10] logits (S divisible by 4)."""
-
-    def __init__(self, image_size=28):
-        super().__init__()
-        if image_size % 4:
-            raise ValueError(f"the guide classifier needs an image size divisible by 4, got {image_size}")
-        self.image_size = image_size
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 24, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(24, 48, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Flatten(), nn.Linear(48 * (image_size // 4) ** 2, 96), nn.SiLU(), nn.Linear(96, 10),
-        )
-
-    def forward(self, x):
-        return self.net(x)
+    return Judge(image_size, widths=(24, 48, 96), activation=nn.SiLU, pool=nn.AvgPool2d)
 
 
 def load_or_train_guide(cache_path, image_size=28, log=print):
     """The guide classifier cached at cache_path (trained from GUIDE_SEED first if missing): (net, test acc)."""
-    return load_or_train(cache_path, image_size, log=log, build=GuideNet, seed=GUIDE_SEED)
+    return load_or_train(cache_path, image_size, log=log, build=guide_net, seed=GUIDE_SEED)
 
 
 def main():

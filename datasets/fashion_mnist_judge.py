@@ -25,17 +25,22 @@ from fashion_mnist import CLASS_NAMES, DATA_DIR, load_split  # noqa: E402
 
 
 class Judge(nn.Module):
-    """Two conv/pool stages and a two-layer head: [N, 1, S, S] in [-1, 1] -> [N, 10] logits (S divisible by 4)."""
+    """Two conv/pool stages and a two-layer head: [N, 1, S, S] in [-1, 1] -> [N, 10] logits (S divisible by 4).
 
-    def __init__(self, image_size=28):
+    widths: the channels of the two stages and the head's hidden units; activation and pool: the layer
+    classes (the judge's ReLU and max pooling; fashion_mnist_guide.py builds another network from them).
+    """
+
+    def __init__(self, image_size=28, widths=(32, 64, 128), activation=nn.ReLU, pool=nn.MaxPool2d):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"the judge needs an image size divisible by 4, got {image_size}")
         self.image_size = image_size
+        first, second, hidden = widths
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU(), nn.Linear(128, 10),
+            nn.Conv2d(1, first, 3, padding=1), activation(), pool(2),
+            nn.Conv2d(first, second, 3, padding=1), activation(), pool(2),
+            nn.Flatten(), nn.Linear(second * (image_size // 4) ** 2, hidden), activation(), nn.Linear(hidden, 10),
         )
 
     def forward(self, x):
@@ -95,7 +100,7 @@ def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source
 def load_or_train(cache_path, image_size=28, source_dir=DATA_DIR, log=print, build=Judge, seed=0):
     """The judge (or the classifier of build, trained from seed; see train_judge) cached at cache_path, trained
     and saved there first if missing; returns (classifier, test acc)."""
-    name = build.__name__
+    name = build.__name__.replace("_", " ")
     if cache_path and os.path.exists(cache_path):
         saved = torch.load(cache_path, weights_only=True)
         if saved["image_size"] == image_size:

@@ -44,13 +44,13 @@ TARGETS = {0: 6, 1: 3, 2: 4, 3: 0, 4: 2, 5: 7, 6: 0, 7: 5, 8: 2, 9: 7}
 GUIDANCE_SCALE = 4.0  # classifier-free W of SDEdit toward the target (the quickstart's)
 # Each task's method and steps (--timestep_respacing), tuned on the quickstart model (docs/editing.md).
 REPAINT = dict(task="inpaint", method="repaint", mask="box", steps=25, jump_length=5, resamplings=5)
-DPS_INPAINT = dict(task="inpaint", method="dps", mask="box", sampler="ddpm", steps=100, zeta=1.0)
-DPS_SR = dict(task="super_res", method="dps", factor=4, sampler="ddpm", steps=100, zeta=1.0)
-DPS_DEBLUR = dict(task="deblur", method="dps", blur_sigma=2.0, sampler="ddpm", steps=100, zeta=1.0)
+DPS_INPAINT = dict(task="inpaint", method="dps", mask="box", sampler="ddpm", steps=50, zeta=1.0)
+DPS_SR = dict(task="super_res", method="dps", factor=4, sampler="ddpm", steps=50, zeta=3.0)
+DPS_DEBLUR = dict(task="deblur", method="dps", blur_sigma=2.0, sampler="ddpm", steps=50, zeta=1.0)
 SDEDIT = dict(task="sdedit", sampler="ddpm", steps=25, strength=0.6)
 STRENGTHS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 INVERSION_STEPS = (10, 25, 50, 100)
-CLEAN_GUIDANCE = dict(sampler="ddpm", steps=50, scale=1.0)
+CLEAN_GUIDANCE = dict(sampler="ddpm", steps=50, scale=0.5)
 
 
 def datasets_module(name):
@@ -78,9 +78,10 @@ def load_quickstart_model(run):
 
 
 def held_out(fashion, per_class, image_size):
-    """The first per_class test images of each class: (x [10 per_class, 1, S, S] in [-1, 1], labels [N])."""
+    """The first per_class test images of each class, one of each class in turn (classes 0-9, then again):
+    (x [10 per_class, 1, S, S] in [-1, 1], labels [N])."""
     images, labels = fashion.load_split("t10k", image_size)
-    index = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)]))
+    index = np.stack([np.flatnonzero(labels == c)[:per_class] for c in range(10)], axis=1).reshape(-1)
     x = th.from_numpy(images[index]).float()[:, None] / 127.5 - 1
     return x, th.from_numpy(labels[index].astype(np.int64))
 
@@ -93,12 +94,12 @@ def quantised(x):
 class Demo:
     """The quickstart model, its test images and the judge; runs and measures each task."""
 
-    def __init__(self, model, model_config, diffusion_config, x, labels, predict, seed, out):
-        """predict(images uint8 [N, H, W, C]) -> the judge's classes [N]."""
+    def __init__(self, model, model_config, diffusion_config, x, labels, predict, seed, out, costs=False):
+        """predict(images uint8 [N, H, W, C]) -> the judge's classes [N]; costs: also time plain sampling."""
         self.model, self.model_config, self.diffusion_config = model, model_config, diffusion_config
         self.x, self.labels, self.predict, self.seed, self.out = x, labels, predict, seed, out
         self.null = th.full_like(labels, model.null_class)
-        self.plain = {}  # (sampler, steps) -> seconds per image of plain sampling
+        self.plain = {} if costs else None  # (sampler, steps) -> seconds per image of plain sampling
 
     def diffusion(self, steps):
         return build_diffusion(dataclasses.replace(self.diffusion_config, timestep_respacing=str(steps)))
@@ -127,7 +128,10 @@ class Demo:
         return out, metrics
 
     def plain_cost(self, sampler, steps):
-        """Seconds per image of plain (null-class) sampling of as many images with the same sampler and steps."""
+        """Seconds per image of plain (null-class) sampling of as many images with the same sampler and steps
+        (None unless the Demo measures costs)."""
+        if self.plain is None:
+            return None
         if (sampler, steps) not in self.plain:
             batch = SeededBatch(self.seed, range(len(self.x)))
             start = time.time()
@@ -158,7 +162,7 @@ def main():
     judge_net, judge_test = judge_module.load_or_train(args.judge_cache, model_config.image_size)
     x, labels = held_out(fashion, max(1, args.images // 10), model_config.image_size)
     demo = Demo(model, model_config, diffusion_config, x, labels, functools.partial(judge_module.predict, judge_net),
-                args.seed, out)
+                args.seed, out, costs=args.full)
     results = dict(images=len(x), judge_test_accuracy=judge_test, tasks={})
     print(f"{len(x)} held-out test images; judge accuracy {judge_test:.3f} on the 10k test images", flush=True)
     columns = {"original": x}
