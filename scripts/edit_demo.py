@@ -205,7 +205,7 @@ def main():
         outputs, metrics = demo.edit(name, dict(SDEDIT, strength=strength, target_class=0), targets, cfg)
         metrics.update(strength=strength, target_accuracy=demo.accuracy(outputs, targets),
                        source_accuracy=demo.accuracy(outputs, labels),
-                       distance=float((outputs - x).flatten(1).norm(dim=1).mean() / 28))
+                       distance=float((outputs - x).pow(2).flatten(1).mean(1).sqrt().mean()))
         record(name, outputs, metrics)
 
     if args.full:
@@ -226,14 +226,26 @@ def main():
         record(name, outputs, metrics)
 
     results["seconds"] = time.time() - started
-    shown = [c for c in ("original", "masked", "repaint", "dps_inpaint", "7x7", "bicubic", "dps_super_res",
-                         f"sdedit_{SDEDIT['strength']:g}", "clean_guided") if c in columns]
-    panel = th.stack([columns[c][:10] for c in shown], dim=1).flatten(0, 1)
-    save_grid(to_uint8_nhwc(panel)[..., :1].numpy(), os.path.join(out, "panel.png"), cols=len(shown))
-    results["panel_columns"] = shown
+    results["panel_columns"] = save_columns(columns, ["original", "masked", "repaint", "dps_inpaint", "7x7", "bicubic",
+                                                      "dps_super_res", f"sdedit_{SDEDIT['strength']:g}", "clean_guided"],
+                                            os.path.join(out, "panel.png"))
+    if args.full:
+        save_columns(columns, ["original"] + [f"sdedit_{s:g}" for s in STRENGTHS], os.path.join(out, "sdedit_curve.png"))
+        save_columns(columns, ["original"] + [f"reconstruct_{n}" for n in INVERSION_STEPS],
+                     os.path.join(out, "reconstruct.png"))
+        save_columns(columns, ["original", "dps_deblur"], os.path.join(out, "deblur.png"))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"[{results['seconds']:.0f} s] panel.png ({' | '.join(shown)}), grids and results.json in {out}")
+
+
+def save_columns(columns, names, path, rows=10):
+    """A PNG with one column per name present in columns ({name: images [N, 1, H, W] in [-1, 1]}), the first
+    `rows` images each; returns the names shown."""
+    shown = [name for name in names if name in columns]
+    grid = th.stack([columns[name][:rows] for name in shown], dim=1).flatten(0, 1)
+    save_grid(to_uint8_nhwc(grid)[..., :1].numpy(), path, cols=len(shown))
+    return shown
 
 
 def guided_samples(demo, wanted, guidance):

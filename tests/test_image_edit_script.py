@@ -46,7 +46,7 @@ def load(path):
 
 def test_repaint_writes_the_outputs_and_keeps_the_known_pixels(setup, tmp_path, run_script):
     run_script("image_edit", edit_flags(setup, task="inpaint", method="repaint", mask="box", jump_length=2,
-                                        resamplings=2, batch_size=2), tmp_path)
+                                        resamplings=2, batch_size=2, ref_batch=setup["input"]), tmp_path)
     out = load(tmp_path / f"edited_{NUM_INPUTS}x16x16x3.npz")
     assert out["arr_0"].dtype == np.uint8 and out["arr_1"].tolist() == load(setup["input"])["arr_1"].tolist()
     known = np.ones((16, 16), bool)
@@ -60,7 +60,18 @@ def test_repaint_writes_the_outputs_and_keeps_the_known_pixels(setup, tmp_path, 
     assert metrics["task"] == "inpaint" and metrics["method"] == "repaint" and metrics["images"] == NUM_INPUTS
     assert metrics["consistency"] < 0.01 and metrics["measurement_psnr"] > 45  # known pixels: quantisation only
     assert metrics["psnr"] > metrics["degraded_psnr"] - 20 and 0 < metrics["seconds_per_image"]
-    assert {"ssim", "degraded_ssim", "seconds"} <= set(metrics)
+    assert {"ssim", "degraded_ssim", "seconds"} <= set(metrics) and metrics["fid"] >= 0
+
+
+def test_reconstruct_runs_ddim_inversion_through_the_script(setup, tmp_path, run_script):
+    psnrs = []
+    for steps in (5, 40):
+        run_script("image_edit", edit_flags(setup, task="reconstruct", timestep_respacing=steps, batch_size=NUM_INPUTS),
+                   tmp_path / str(steps))
+        metrics = json.loads((tmp_path / str(steps) / "metrics.json").read_text())
+        assert metrics["task"] == "reconstruct" and "consistency" not in metrics
+        psnrs.append(metrics["psnr"])
+    assert psnrs[1] > psnrs[0] + 3
 
 
 def test_dps_lowers_the_measurement_error(setup, tmp_path, run_script):
@@ -98,10 +109,13 @@ def bad_inputs(setup):
                        "the model is unconditional"),
         "loss": (dict(task="sdedit", target_class=3, loss=f"{root / 'loss.py'}:per_pixel"),
                  "must return one value per sample"),
+        "ref_batch": (dict(ref_batch=root / "missing.npz"), "missing.npz does not exist"),
+        "repaint_sampler": (dict(method="repaint", sampler="ddim"), "--method repaint takes DDPM steps"),
     }
 
 
-@pytest.mark.parametrize("name", ["size", "channels", "mask", "factor", "strength", "class_edit", "loss"])
+@pytest.mark.parametrize("name", ["size", "channels", "mask", "factor", "strength", "class_edit", "loss", "ref_batch",
+                                  "repaint_sampler"])
 def test_a_bad_input_stops_with_its_message_and_writes_nothing(setup, tmp_path, run_script, name):
     changes, message = bad_inputs(setup)[name]
     log_dir = tmp_path / "run"
