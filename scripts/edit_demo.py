@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch as th
+from PIL import Image
 
 from guided_diffusion import edit_run, samplers
 from guided_diffusion.build import build_diffusion, build_unet
@@ -92,7 +93,8 @@ def quantised(x):
 
 
 class Demo:
-    """The quickstart model, its test images and the judge; runs and measures each task."""
+    """The quickstart model, its test images x [N, 1, H, W] with labels [N] and the judge; runs and measures
+    each task, keeping every output (columns) and number (results) by name."""
 
     def __init__(self, model, model_config, diffusion_config, x, labels, predict, seed, out, costs=False):
         """predict(images uint8 [N, H, W, C]) -> the judge's classes [N]; costs: also time plain sampling."""
@@ -100,6 +102,8 @@ class Demo:
         self.x, self.labels, self.predict, self.seed, self.out = x, labels, predict, seed, out
         self.null = th.full_like(labels, model.null_class)
         self.plain = {} if costs else None  # (sampler, steps) -> seconds per image of plain sampling
+        self.columns, self.results = {"original": x}, {}
+        self.started = time.time()
 
     def diffusion(self, steps):
         return build_diffusion(dataclasses.replace(self.diffusion_config, timestep_respacing=str(steps)))
@@ -140,6 +144,71 @@ class Demo:
             self.plain[(sampler, steps)] = (time.time() - start) / len(self.x)
         return self.plain[(sampler, steps)]
 
+    def record(self, name, outputs, metrics):
+        """Keep a task's outputs and numbers, and print the numbers."""
+        self.results[name], self.columns[name] = metrics, outputs
+        numbers = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"[{time.time() - self.started:.0f} s] {name}: {numbers}", flush=True)
+
+
+def inpainting(demo, full):
+    """The central 14x14 box: RePaint (and DPS with --full); known pixels, judge accuracies."""
+    x, labels = demo.x, demo.labels
+    masked = edit_run.edit_task(EditConfig(task="inpaint", mask="box"), demo.model_config.image_size).operator
+    demo.columns["masked"] = masked.degraded(masked.A(x))
+    known = masked.known_mask.bool().expand_as(x)
+    for name, spec in [("repaint", REPAINT)] + ([("dps_inpaint", DPS_INPAINT)] if full else []):
+        outputs, metrics = demo.edit(name, spec)
+        metrics.update(known_max_error_uint8=float(((outputs - x)[known].abs() * 127.5).max()),
+                       known_psnr=psnr(outputs, x, mask=masked.known_mask, reduction="mean").item(),
+                       accuracy=demo.accuracy(outputs, labels), original_accuracy=demo.accuracy(x, labels),
+                       masked_accuracy=demo.accuracy(demo.columns["masked"], labels))
+        demo.record(name, outputs, metrics)
+
+
+def super_resolution(demo):
+    """x4 from 7x7 by DPS, beside bicubic upsampling."""
+    x, labels = demo.x, demo.labels
+    low = th.nn.functional.avg_pool2d(x, 4)
+    demo.columns["7x7"] = pseudo_inverse_upsample(low, 4)
+    demo.columns["bicubic"] = bicubic_upsample(low, 4)
+    outputs, metrics = demo.edit("dps_super_res", DPS_SR)
+    metrics.update(accuracy=demo.accuracy(outputs, labels), original_accuracy=demo.accuracy(x, labels),
+                   bicubic_accuracy=demo.accuracy(demo.columns["bicubic"], labels),
+                   bicubic_psnr=psnr(quantised(demo.columns["bicubic"]), x, reduction="mean").item())
+    demo.record("dps_super_res", outputs, metrics)
+
+
+def sdedit(demo, strengths):
+    """SDEdit toward TARGETS with classifier-free guidance at each strength: target accuracy, distance."""
+    targets = th.tensor([TARGETS[int(c)] for c in demo.labels])
+    cfg = (ClassifierFreeGuidance(GUIDANCE_SCALE, demo.model.null_class),)
+    for strength in strengths:
+        name = f"sdedit_{strength:g}"
+        outputs, metrics = demo.edit(name, dict(SDEDIT, strength=strength, target_class=0), targets, cfg)
+        metrics.update(strength=strength, target_accuracy=demo.accuracy(outputs, targets),
+                       source_accuracy=demo.accuracy(outputs, demo.labels),
+                       distance=float((outputs - demo.x).pow(2).flatten(1).mean(1).sqrt().mean()))
+        demo.record(name, outputs, metrics)
+
+
+def clean_guidance(demo, guide_module, guide_cache, judge_module):
+    """Null-class samples, unguided and steered by the guide classifier through the model, toward the classes
+    0-9 in turn; returns those classes [N]."""
+    guide_net, guide_test = guide_module.load_or_train_guide(guide_cache, demo.model_config.image_size)
+    guide_net.eval().requires_grad_(False)
+    wanted = th.arange(len(demo.x)) % 10
+    for name, scale in [("null_class", 0.0), ("clean_guided", CLEAN_GUIDANCE["scale"])]:
+        guidance = (CleanImageGuidance(clean_classifier_loss(guide_net), scale),) if scale else ()
+        outputs, seconds = guided_samples(demo, wanted, guidance)
+        guide_says = judge_module.predict(guide_net, to_uint8_nhwc(outputs).numpy())
+        metrics = dict(scale=scale, accuracy=demo.accuracy(outputs, wanted), guide_test_accuracy=guide_test,
+                       guide_accuracy=float((guide_says == wanted).float().mean()),
+                       seconds_per_image=seconds / len(demo.x), steps=CLEAN_GUIDANCE["steps"],
+                       plain_seconds_per_image=demo.plain_cost(CLEAN_GUIDANCE["sampler"], CLEAN_GUIDANCE["steps"]))
+        demo.record(name, outputs, metrics)
+    return wanted
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,8 +222,6 @@ def main():
     parser.add_argument("--judge_cache", default="data/fashion_judge_28px.pt", help="the judge (quickstart's)")
     parser.add_argument("--guide_cache", default="data/fashion_guide_28px.pt", help="the guiding clean classifier")
     args = parser.parse_args()
-    th.set_num_threads(max(1, th.get_num_threads()))
-    started = time.time()
     out = args.out or os.path.join(args.run, "edit_demo")
     os.makedirs(out, exist_ok=True)
     fashion, judge_module = datasets_module("fashion_mnist"), datasets_module("fashion_mnist_judge")
@@ -163,69 +230,22 @@ def main():
     x, labels = held_out(fashion, max(1, args.images // 10), model_config.image_size)
     demo = Demo(model, model_config, diffusion_config, x, labels, functools.partial(judge_module.predict, judge_net),
                 args.seed, out, costs=args.full)
-    results = dict(images=len(x), judge_test_accuracy=judge_test, tasks={})
     print(f"{len(x)} held-out test images; judge accuracy {judge_test:.3f} on the 10k test images", flush=True)
-    columns = {"original": x}
 
-    def record(name, outputs, metrics):
-        results["tasks"][name] = metrics
-        columns[name] = outputs
-        numbers = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"[{time.time() - started:.0f} s] {name}: {numbers}", flush=True)
-
-    original_accuracy = demo.accuracy(x, labels)
-    masked = edit_run.edit_task(EditConfig(task="inpaint", mask="box"), model_config.image_size).operator
-    columns["masked"] = masked.degraded(masked.A(x))
-    for name, spec in [("repaint", REPAINT)] + ([("dps_inpaint", DPS_INPAINT)] if args.full else []):
-        outputs, metrics = demo.edit(name, spec)
-        known = masked.known_mask.bool().expand_as(x)
-        metrics.update(known_max_error_uint8=float(((outputs - x)[known].abs() * 127.5).max()),
-                       known_psnr=psnr(outputs, x, mask=masked.known_mask, reduction="mean").item(),
-                       accuracy=demo.accuracy(outputs, labels), masked_accuracy=demo.accuracy(columns["masked"], labels),
-                       original_accuracy=original_accuracy)
-        record(name, outputs, metrics)
-
-    low = th.nn.functional.avg_pool2d(x, 4)
-    columns["7x7"] = pseudo_inverse_upsample(low, 4)
-    columns["bicubic"] = bicubic_upsample(low, 4)
-    outputs, metrics = demo.edit("dps_super_res", DPS_SR)
-    metrics.update(accuracy=demo.accuracy(outputs, labels), bicubic_accuracy=demo.accuracy(columns["bicubic"], labels),
-                   bicubic_psnr=psnr(quantised(columns["bicubic"]), x, reduction="mean").item(),
-                   original_accuracy=original_accuracy)
-    record("dps_super_res", outputs, metrics)
-
+    inpainting(demo, args.full)
+    super_resolution(demo)
     if args.full:
-        outputs, metrics = demo.edit("dps_deblur", DPS_DEBLUR)
-        record("dps_deblur", outputs, metrics)
-
-    targets = th.tensor([TARGETS[int(c)] for c in labels])
-    cfg = (ClassifierFreeGuidance(GUIDANCE_SCALE, model.null_class),)
-    for strength in STRENGTHS if args.full else (SDEDIT["strength"],):
-        name = f"sdedit_{strength:g}"
-        outputs, metrics = demo.edit(name, dict(SDEDIT, strength=strength, target_class=0), targets, cfg)
-        metrics.update(strength=strength, target_accuracy=demo.accuracy(outputs, targets),
-                       source_accuracy=demo.accuracy(outputs, labels),
-                       distance=float((outputs - x).pow(2).flatten(1).mean(1).sqrt().mean()))
-        record(name, outputs, metrics)
-
+        demo.record("dps_deblur", *demo.edit("dps_deblur", DPS_DEBLUR))
+    sdedit(demo, STRENGTHS if args.full else (SDEDIT["strength"],))
     if args.full:
         for steps in INVERSION_STEPS:
-            outputs, metrics = demo.edit(f"reconstruct_{steps}", dict(task="reconstruct", sampler="ddim", steps=steps))
-            record(f"reconstruct_{steps}", outputs, metrics)
+            spec = dict(task="reconstruct", sampler="ddim", steps=steps)
+            demo.record(f"reconstruct_{steps}", *demo.edit(f"reconstruct_{steps}", spec))
+    wanted = clean_guidance(demo, datasets_module("fashion_mnist_guide"), args.guide_cache, judge_module)
 
-    guide_module = datasets_module("fashion_mnist_guide")
-    guide_net, guide_test = guide_module.load_or_train_guide(args.guide_cache, model_config.image_size)
-    guide_net.eval().requires_grad_(False)
-    wanted = th.arange(len(x)) % 10
-    for name, scale in [("null_class", 0.0), ("clean_guided", CLEAN_GUIDANCE["scale"])]:
-        guidance = (CleanImageGuidance(clean_classifier_loss(guide_net), scale),) if scale else ()
-        outputs, seconds = guided_samples(demo, wanted, guidance)
-        metrics = dict(scale=scale, accuracy=demo.accuracy(outputs, wanted), guide_test_accuracy=guide_test,
-                       seconds_per_image=seconds / len(x), steps=CLEAN_GUIDANCE["steps"],
-                       plain_seconds_per_image=demo.plain_cost(CLEAN_GUIDANCE["sampler"], CLEAN_GUIDANCE["steps"]))
-        record(name, outputs, metrics)
-
-    results["seconds"] = time.time() - started
+    results = dict(images=len(x), judge_test_accuracy=judge_test, tasks=demo.results,
+                   seconds=time.time() - demo.started)
+    columns = demo.columns
     results["panel_columns"] = save_columns(columns, ["original", "masked", "repaint", "dps_inpaint", "7x7", "bicubic",
                                                       "dps_super_res", f"sdedit_{SDEDIT['strength']:g}", "clean_guided"],
                                             os.path.join(out, "panel.png"))
@@ -234,9 +254,13 @@ def main():
         save_columns(columns, ["original"] + [f"reconstruct_{n}" for n in INVERSION_STEPS],
                      os.path.join(out, "reconstruct.png"))
         save_columns(columns, ["original", "dps_deblur"], os.path.join(out, "deblur.png"))
+        for name in ("null_class", "clean_guided"):  # one row per requested class
+            grid = judge_module.class_grid(to_uint8_nhwc(columns[name]).numpy(), wanted.numpy())
+            Image.fromarray(grid).save(os.path.join(out, f"{name}_classes.png"))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(f"[{results['seconds']:.0f} s] panel.png ({' | '.join(shown)}), grids and results.json in {out}")
+    print(f"[{results['seconds']:.0f} s] panel.png ({' | '.join(results['panel_columns'])}), grids and "
+          f"results.json in {out}")
 
 
 def save_columns(columns, names, path, rows=10):
