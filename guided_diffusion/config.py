@@ -220,7 +220,8 @@ class EditConfig(ClassifierGuidanceConfig, FreeGuidanceConfig, SampleConfig):
     method: Literal["dps", "repaint"] = flag("dps", "dps (any task with a forward model, any --sampler) or repaint "
                                              "(inpaint only, DDPM steps)")
     mask: str = flag("box", "inpaint: the hole: box (the centred half-size square), box:SIDE, "
-                     "box:TOP,LEFT,HEIGHT,WIDTH, half:left|right|top|bottom, random:FRACTION, or a PNG (white = known)")
+                     "box:TOP,LEFT,HEIGHT,WIDTH, half:left|right|top|bottom, random:FRACTION (drawn with --seed, 0 for -1), "
+                     "or a PNG (white = known)")
     factor: int = flag(4, "super_res: the average-pooling factor; it must divide the image size")
     blur_sigma: float = flag(2.0, "deblur: the Gaussian blur's standard deviation in pixels")
     noise_sigma: float = flag(0.0, "standard deviation of the measurement noise n of y = A(x) + n ([-1, 1] units)")

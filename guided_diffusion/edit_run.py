@@ -51,7 +51,8 @@ class EditTask:
 def edit_task(config, image_size):
     """The EditTask of an EditConfig for a model of image_size pixels; ValueError naming the flag to fix."""
     operator = operator_from_flags(config.task, image_size, mask=config.mask, factor=config.factor,
-                                   blur_sigma=config.blur_sigma, noise_sigma=config.noise_sigma, mask_seed=config.seed)
+                                   blur_sigma=config.blur_sigma, noise_sigma=config.noise_sigma,
+                                   mask_seed=max(config.seed, 0))  # a random:F mask: the same on every rank
     sampler = resolve_sampler(config.sampler, config.use_ddim)
     if config.method == "repaint" and config.task != "inpaint":
         raise ValueError(f"--method repaint inpaints; --task {config.task} takes --method dps")
@@ -73,8 +74,8 @@ def edit_labels(config, n, class_cond, num_classes, null_class=None, input_label
     """The class labels y [n] int64 that the model and the guides see, or None; ValueError naming the fix.
 
     --target_class K >= 0: K everywhere (a class-conditional model, or --classifier_path / --loss to steer
-    an unconditional one). Otherwise a class-conditional model sees its null class when it has one, else
-    the inputs' labels (input_labels [n] or None).
+    an unconditional one; --classifier_path needs one). Otherwise a class-conditional model sees its null
+    class when it has one, else the inputs' labels (input_labels [n] or None).
     """
     steers = bool(config.classifier_path or config.loss)
     if config.target_class >= 0:
@@ -86,8 +87,8 @@ def edit_labels(config, n, class_cond, num_classes, null_class=None, input_label
             raise ValueError(f"--target_class {config.target_class} is not a class of a {num_classes}-class model; "
                              f"give 0 to {num_classes - 1}")
         return th.full((n,), config.target_class, dtype=th.int64)
-    if steers:
-        raise ValueError("--classifier_path and --loss steer toward a class: give --target_class")
+    if config.classifier_path:
+        raise ValueError("--classifier_path steers toward a class: give --target_class")
     if not class_cond:
         return None
     if null_class is not None:
@@ -157,7 +158,8 @@ def edit_metrics(task, originals, outputs, seed, seconds):
     n = len(originals)
     metrics = dict(task=task.task, method=task.method if task.operator is not None else None, images=n,
                    psnr=psnr(outputs, originals, reduction="mean").item(),
-                   ssim=ssim(outputs, originals, reduction="mean").item(), seconds=seconds, seconds_per_image=seconds / n)
+                   ssim=ssim(outputs, originals, reduction="mean").item(), seconds=seconds,
+                   seconds_per_image=seconds / n)
     if task.operator is not None:
         y = task.measure(originals, SeededBatch(seed, range(n)).noise_like)
         shown = task.operator.degraded(y).clamp(-1, 1)

@@ -51,7 +51,7 @@ DPS_DEBLUR = dict(task="deblur", method="dps", blur_sigma=2.0, sampler="ddpm", s
 SDEDIT = dict(task="sdedit", sampler="ddpm", steps=25, strength=0.6)
 STRENGTHS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 INVERSION_STEPS = (10, 25, 50, 100)
-CLEAN_GUIDANCE = dict(sampler="ddpm", steps=50, scale=0.5)
+CLEAN_GUIDANCE = dict(sampler="ddpm", steps=50, scale=1.0)
 
 
 def datasets_module(name):
@@ -246,11 +246,12 @@ def main():
     results = dict(images=len(x), judge_test_accuracy=judge_test, tasks=demo.results,
                    seconds=time.time() - demo.started)
     columns = demo.columns
-    results["panel_columns"] = save_columns(columns, ["original", "masked", "repaint", "dps_inpaint", "7x7", "bicubic",
-                                                      "dps_super_res", f"sdedit_{SDEDIT['strength']:g}", "clean_guided"],
-                                            os.path.join(out, "panel.png"))
+    panel = ["original", "masked", "repaint", "dps_inpaint", "7x7", "bicubic", "dps_super_res",
+             f"sdedit_{SDEDIT['strength']:g}", "clean_guided"]
+    results["panel_columns"] = save_columns(columns, panel, os.path.join(out, "panel.png"))
     if args.full:
-        save_columns(columns, ["original"] + [f"sdedit_{s:g}" for s in STRENGTHS], os.path.join(out, "sdedit_curve.png"))
+        save_columns(columns, ["original"] + [f"sdedit_{s:g}" for s in STRENGTHS],
+                     os.path.join(out, "sdedit_curve.png"))
         save_columns(columns, ["original"] + [f"reconstruct_{n}" for n in INVERSION_STEPS],
                      os.path.join(out, "reconstruct.png"))
         save_columns(columns, ["original", "dps_deblur"], os.path.join(out, "deblur.png"))

@@ -2,7 +2,7 @@
 Restore or edit images with a trained diffusion model as the prior: inpainting, super-resolution and
 deblurring (DPS, or RePaint for inpainting), SDEdit toward a class, and DDIM inversion then
 reconstruction. Writes edited_{N}x{H}x{W}x3.npz (arr_0 the outputs, arr_1 their labels when known),
-edit_grid.png (original | degraded | output per row) and metrics.json (PSNR, SSIM, measurement
+edit_grid.png (original | degraded | output per row, the first 64 inputs) and metrics.json (PSNR, SSIM, measurement
 consistency, FID against --ref_batch, seconds per image) in the log dir.
 
     python scripts/image_edit.py --model_path model.pt $MODEL_FLAGS --input test.npz --task inpaint \\
@@ -27,7 +27,7 @@ from guided_diffusion.cli import config_parser
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, EditConfig, ModelConfig
 from guided_diffusion.edit_inputs import load_edit_inputs
 from guided_diffusion.guidance import ClassifierGuidance, CleanImageGuidance
-from guided_diffusion.sample_io import save_edit_grid, save_npz
+from guided_diffusion.sample_io import GRID_MAX_IMAGES, save_edit_grid, save_npz
 from guided_diffusion.sample_seeds import resolve_seed
 
 CONFIGS = (ModelConfig, DiffusionConfig, ClassifierConfig, EditConfig)
@@ -86,7 +86,8 @@ def main():
         shown = labels if run.target_class >= 0 else input_labels
         path = save_npz(logger.get_dir(), "edited", images, None if shown is None else shown.numpy())
         outputs = th.from_numpy(images[..., :model_config.image_channels]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        save_edit_grid(originals, edit_run.degraded(task, diffusion, originals, seed), outputs,
+        shown_inputs = originals[:GRID_MAX_IMAGES]
+        save_edit_grid(shown_inputs, edit_run.degraded(task, diffusion, shown_inputs, seed), outputs[:GRID_MAX_IMAGES],
                        os.path.join(logger.get_dir(), "edit_grid.png"))
         metrics = edit_run.edit_metrics(task, originals, outputs, seed, seconds)
         if inception_path:

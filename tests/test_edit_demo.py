@@ -16,7 +16,8 @@ from test_sample_scripts import perturbed
 guide_module = load_module("fashion_mnist_guide")
 judge_module = load_module("fashion_mnist_judge")
 MODEL = dict(image_size=16, image_channels=1, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-             attention_resolutions="8", class_cond=True, num_classes=10, class_dropout_prob=0.1, noise_schedule="cosine")
+             attention_resolutions="8", class_cond=True, num_classes=10, class_dropout_prob=0.1,
+             noise_schedule="cosine")
 
 
 def test_guide_classifier_is_another_network_with_the_judges_interface():

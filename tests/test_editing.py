@@ -210,7 +210,8 @@ def test_repaint_applies_guides_on_its_ddpm_steps():
     def brighter(x, t, prediction, **kwargs):
         return th.full_like(x, 3.0)
 
-    plain = editing.repaint(diffusion, model, known * mask, mask, resamplings=2, jump_length=2, noise_fn=seeded_noise(0))
+    plain = editing.repaint(diffusion, model, known * mask, mask, resamplings=2, jump_length=2,
+                            noise_fn=seeded_noise(0))
     guided = editing.repaint(diffusion, model, known * mask, mask, resamplings=2, jump_length=2,
                              noise_fn=seeded_noise(0), guidance=brighter)
     hole = (1 - mask).bool().expand_as(known)

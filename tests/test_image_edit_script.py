@@ -84,6 +84,16 @@ def test_dps_lowers_the_measurement_error(setup, tmp_path, run_script):
     assert metrics[8.0]["measurement_psnr"] > metrics[1e-6]["measurement_psnr"] + 6
 
 
+def test_a_loss_file_guides_every_step_through_the_model(setup, tmp_path, run_script):
+    (tmp_path / "brightness.py").write_text("def darker(x0, **model_kwargs):\n    return x0.mean(dim=(1, 2, 3))\n")
+    means = {}
+    for name, extra in (("plain", {}), ("darker", dict(loss=f"{tmp_path / 'brightness.py'}:darker", loss_scale=20))):
+        run_script("image_edit", edit_flags(setup, task="sdedit", strength=0.6, batch_size=NUM_INPUTS, **extra),
+                   tmp_path / name)
+        means[name] = load(tmp_path / name / f"edited_{NUM_INPUTS}x16x16x3.npz")["arr_0"].mean()
+    assert means["darker"] < means["plain"] - 10
+
+
 def test_two_ranks_give_the_npz_of_one_rank(setup, tmp_path, run_script):
     common = dict(task="sdedit", strength=0.6, target_class=3, guidance_scale=2.0, sampler="ddpm")
     run_script("image_edit", edit_flags(setup, batch_size=1, **common), tmp_path / "two", ranks=2)
