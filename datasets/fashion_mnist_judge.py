@@ -26,17 +26,22 @@ from guided_diffusion.errors import ArgumentParser, run  # noqa: E402
 
 
 class Judge(nn.Module):
-    """Two conv/pool stages and a two-layer head: [N, 1, S, S] in [-1, 1] -> [N, 10] logits (S divisible by 4)."""
+    """Two conv/pool stages and a two-layer head: [N, 1, S, S] in [-1, 1] -> [N, 10] logits (S divisible by 4).
 
-    def __init__(self, image_size=28):
+    widths: the channels of the two stages and the head's hidden units; activation and pool: the layer
+    classes (the judge's ReLU and max pooling; fashion_mnist_guide.py builds another network from them).
+    """
+
+    def __init__(self, image_size=28, widths=(32, 64, 128), activation=nn.ReLU, pool=nn.MaxPool2d):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"the judge needs an image size divisible by 4, got {image_size}")
         self.image_size = image_size
+        first, second, hidden = widths
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU(), nn.Linear(128, 10),
+            nn.Conv2d(1, first, 3, padding=1), activation(), pool(2),
+            nn.Conv2d(first, second, 3, padding=1), activation(), pool(2),
+            nn.Flatten(), nn.Linear(second * (image_size // 4) ** 2, hidden), activation(), nn.Linear(hidden, 10),
         )
 
     def forward(self, x):
@@ -68,13 +73,15 @@ def accuracy(judge, images, labels):
     return (predict(judge, images) == labels).float().mean().item()
 
 
-def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source_dir=DATA_DIR):
-    """Train a Judge on the real training split; returns (judge, accuracy on the real test split)."""
+def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source_dir=DATA_DIR, build=Judge):
+    """Train a Judge (or another classifier: build(image_size) -> a module [N, 1, S, S] in [-1, 1] -> [N, 10]
+    logits with an image_size attribute) on the real training split from `seed`; returns (classifier,
+    accuracy on the real test split)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     images, labels = load_split("train", image_size, source_dir)
     x, y = to_input(images), torch.from_numpy(labels.astype(np.int64))
-    judge = Judge(image_size)
+    judge = build(image_size)
     opt = torch.optim.Adam(judge.parameters(), lr=lr)
     steps = epochs * (len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -91,17 +98,19 @@ def train_judge(image_size=28, epochs=2, batch_size=128, lr=2e-3, seed=0, source
     return judge, accuracy(judge, test_images, test_labels)
 
 
-def load_or_train(cache_path, image_size=28, source_dir=DATA_DIR, log=print):
-    """The judge cached at cache_path (trained and saved there first if missing); returns (judge, test acc)."""
+def load_or_train(cache_path, image_size=28, source_dir=DATA_DIR, log=print, build=Judge, seed=0):
+    """The judge (or the classifier of build, trained from seed; see train_judge) cached at cache_path, trained
+    and saved there first if missing; returns (classifier, test acc)."""
+    name = build.__name__.replace("_", " ")
     if cache_path and os.path.exists(cache_path):
         saved = torch.load(cache_path, weights_only=True)
         if saved["image_size"] == image_size:
-            judge = Judge(image_size)
+            judge = build(image_size)
             judge.load_state_dict(saved["state_dict"])
             return judge, saved["test_accuracy"]
-        log(f"{cache_path} holds a {saved['image_size']} px judge; training one for {image_size} px")
-    judge, test_acc = train_judge(image_size, source_dir=source_dir)
-    log(f"judge: trained on real Fashion-MNIST, test accuracy {test_acc:.3f}")
+        log(f"{cache_path} holds a {saved['image_size']} px {name}; training one for {image_size} px")
+    judge, test_acc = train_judge(image_size, source_dir=source_dir, seed=seed, build=build)
+    log(f"{name}: trained on real Fashion-MNIST (seed {seed}), test accuracy {test_acc:.3f}")
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         torch.save(dict(image_size=image_size, test_accuracy=test_acc, state_dict=judge.state_dict()), cache_path)

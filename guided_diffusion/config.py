@@ -178,21 +178,63 @@ class SampleConfig(SamplerConfig, InferenceConfig):
 
 
 @dataclass
-class ClassSampleConfig(SampleConfig):
-    """Sampling a (possibly class-conditional) diffusion model: labels and classifier-free guidance."""
+class FreeGuidanceConfig:
+    """Classifier-free guidance of a model trained with label dropout."""
 
-    class_labels: str = flag("", 'comma-separated labels used in turn ("": uniformly random)')
     guidance_scale: float = flag(
         1.0, "classifier-free guidance W: eps_u + W (eps_c - eps_u) (1: plain conditional sampling)"
     )
 
 
 @dataclass
-class ClassifierSampleConfig(ClassSampleConfig):
-    """classifier_sample: a classifier's gradient steers the samples toward the labels."""
+class ClassifierGuidanceConfig:
+    """Classifier guidance: a noisy-image classifier's gradient steers toward the labels."""
 
     classifier_path: str = flag("", "checkpoint of the noisy-image classifier")
     classifier_scale: float = flag(1.0, "scale of the classifier's gradient")
+
+
+@dataclass
+class ClassSampleConfig(FreeGuidanceConfig, SampleConfig):
+    """Sampling a (possibly class-conditional) diffusion model: labels and classifier-free guidance."""
+
+    class_labels: str = flag("", 'comma-separated labels used in turn ("": uniformly random)')
+
+
+@dataclass
+class ClassifierSampleConfig(ClassifierGuidanceConfig, ClassSampleConfig):
+    """classifier_sample: a classifier's gradient steers the samples toward the labels."""
+
+
+@dataclass
+class EditConfig(ClassifierGuidanceConfig, FreeGuidanceConfig, SampleConfig):
+    """image_edit: the images, the task and its forward model, the method and what guides it."""
+
+    input: str = flag("", "images to restore or edit: a folder of images or an npz batch (arr_0 uint8 NHWC, "
+                      "optional arr_1 labels)")
+    num_samples: int = flag(0, "edit the first N inputs (0: all of them)")
+    task: Literal["inpaint", "super_res", "deblur", "sdedit", "reconstruct"] = flag(
+        "inpaint", "inpaint, super_res (average-pool factor), deblur (Gaussian blur), sdedit (noise to a strength, "
+        "sample back) or reconstruct (DDIM inversion, then DDIM sampling)"
+    )
+    method: Literal["dps", "repaint"] = flag("dps", "dps (any task with a forward model, any --sampler) or repaint "
+                                             "(inpaint only, DDPM steps)")
+    mask: str = flag("box", "inpaint: the hole: box (the centred half-size square), box:SIDE, "
+                     "box:TOP,LEFT,HEIGHT,WIDTH, half:left|right|top|bottom, random:FRACTION (drawn with --seed, 0 for -1), "
+                     "or a PNG (white = known)")
+    factor: int = flag(4, "super_res: the average-pooling factor; it must divide the image size")
+    blur_sigma: float = flag(2.0, "deblur: the Gaussian blur's standard deviation in pixels")
+    noise_sigma: float = flag(0.0, "standard deviation of the measurement noise n of y = A(x) + n ([-1, 1] units)")
+    zeta: float = flag(1.0, "dps: the step size of x_{t-1} -= zeta grad_{x_t} ||y - A(x0_hat(x_t))||")
+    jump_length: int = flag(10, "repaint: states gone back up at each resampling")
+    resamplings: int = flag(10, "repaint: passes through each jump (1: no resampling)")
+    strength: float = flag(0.5, "sdedit: how far to noise the input, t0 = strength * T (0: keep it, 1: ignore it)")
+    target_class: int = flag(-1, "class to edit toward (a class-conditional model, or --classifier_path / --loss to "
+                             "steer); -1: none (the null class when the model has one, else the inputs' labels)")
+    loss: str = flag("", "FILE.py:NAME, a function loss(x0, **model_kwargs) -> [N] (lower is better) whose gradient "
+                     "through the model guides every step (e.g. a clean classifier's -log p(y | x0))")
+    loss_scale: float = flag(1.0, "scale of --loss's gradient")
+    ref_batch: str = flag("", "reference batch npz for the outputs' FID in metrics.json (\"\": no FID)")
 
 
 @dataclass

@@ -25,10 +25,17 @@ def to_uint8_nhwc(x):
 def save_samples(out_dir, images, labels=None):
     """Writes out_dir/samples_{N}x{H}x{W}x{C}.npz (arr_0 = images uint8 [N, H, W, C], arr_1 = labels
     int64 [N] when given) and out_dir/samples_grid.png beside it. Returns the npz path."""
-    path = os.path.join(out_dir, f"samples_{'x'.join(str(n) for n in images.shape)}.npz")
+    path = save_npz(out_dir, "samples", images, labels)
+    save_grid(images[:GRID_MAX_IMAGES], os.path.join(out_dir, "samples_grid.png"))
+    return path
+
+
+def save_npz(out_dir, prefix, images, labels=None):
+    """Writes out_dir/{prefix}_{N}x{H}x{W}x{C}.npz: arr_0 = images uint8 [N, H, W, C], arr_1 = labels
+    int64 [N] when given. Returns its path."""
+    path = os.path.join(out_dir, f"{prefix}_{'x'.join(str(n) for n in images.shape)}.npz")
     arrays = [images] if labels is None else [images, np.asarray(labels, dtype=np.int64)]
     np.savez(path, *arrays)
-    save_grid(images[:GRID_MAX_IMAGES], os.path.join(out_dir, "samples_grid.png"))
     return path
 
 

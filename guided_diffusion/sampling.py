@@ -16,19 +16,17 @@ from .sample_seeds import SeededBatch, resolve_seed, shard_range
 from .samplers import SAMPLERS, resolve_sampler, sample
 
 
-def start_sampling(parser, config_classes, argv=None):
+def start_sampling(parser, config_classes, argv=None, before_writing=None):
     """run_flags.start_run: the configs of the command line (argv: sys.argv[1:] when None), the flags of
-    the checkpoints it names filled from their runs, the sampler options checked; the processes and the
-    log dir set up."""
-    return start_run(parser, config_classes, argv, before_writing=_check_sampler_options)
+    the checkpoints it names filled from their runs, the sampler options checked, then the script's own
+    before_writing(configs, log_dir) -> [warning] checks; the processes and the log dir set up."""
+    def check(configs, log_dir):
+        for config in configs:
+            if isinstance(config, SamplerConfig):
+                sampler_keywords(config)  # a sampler option the sampler does not take stops the run here
+        return before_writing(configs, log_dir) if before_writing else []
 
-
-def _check_sampler_options(configs, log_dir):
-    """A sampler option the sampler does not take stops the run before anything is written."""
-    for config in configs:
-        if isinstance(config, SamplerConfig):
-            sampler_keywords(config)
-    return []
+    return start_run(parser, config_classes, argv, before_writing=check)
 
 
 def load_for_sampling(model, path, device, flag="--model_path"):

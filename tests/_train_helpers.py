@@ -145,9 +145,9 @@ def run_python(args, ranks=1, env=None, check=True, timeout=300):
 
 def run_script(name, flags, log_dir, ranks=1, check=True, timeout=300):
     """scripts/{name}.py with flags (a dict, or an argv list) and OPENAI_LOGDIR=log_dir (the sampling
-    scripts and image_nll with --progress False) -> CompletedProcess (see run_python)."""
+    scripts, image_nll and image_edit with --progress False) -> CompletedProcess (see run_python)."""
     argv = to_argv(flags) if isinstance(flags, dict) else [str(a) for a in flags]
-    quiet = ["--progress", "False"] if "sample" in name or name == "image_nll" else []
+    quiet = ["--progress", "False"] if "sample" in name or name in ("image_nll", "image_edit") else []
     return run_python([REPO / "scripts" / f"{name}.py", *argv, *quiet], ranks=ranks,
                       env={"OPENAI_LOGDIR": str(log_dir)}, check=check, timeout=timeout)
 
