@@ -19,7 +19,7 @@ from PIL import Image
 
 from evaluations import metrics
 from evaluations.evaluator import add_inception_flags, batch_activations, check_images
-from evaluations.npz_io import open_npz_array
+from evaluations.npz_io import BatchFileError, open_npz_array
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
 from guided_diffusion.errors import ArgumentParser, run

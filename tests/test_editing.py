@@ -10,7 +10,7 @@ import torch as th
 
 from guided_diffusion import editing, samplers
 from guided_diffusion.operators import Inpainting, SuperResolution, box_mask
-from test_samplers import DATA_STD, gaussian_eps_model, make_diffusion, perturbed_gaussian_model, x_T
+from test_samplers import DATA_STD, make_diffusion, perturbed_gaussian_model, x_T
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
