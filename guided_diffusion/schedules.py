@@ -24,6 +24,10 @@ def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
     if schedule_name != "linear":
         raise NotImplementedError(f"unknown beta schedule {schedule_name!r}: use --noise_schedule linear or cosine")
     scale = 1000 / num_diffusion_timesteps
+    if scale * 0.02 > 1:
+        raise ValueError(f"--noise_schedule linear needs --diffusion_steps >= 20: over {num_diffusion_timesteps} steps "
+                         f"its last beta, 0.02 * 1000 / T, is {scale * 0.02:g} > 1; use more steps or --noise_schedule "
+                         "cosine")
     return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
 
 

@@ -110,6 +110,13 @@ def test_betas_for_alpha_bar_max_beta():
     np.testing.assert_allclose(betas, [0.25, 1 / 3, 0.4, 0.4])
 
 
+def test_a_linear_schedule_shorter_than_20_steps_is_refused_by_name():
+    assert get_named_beta_schedule("linear", 20)[-1] == pytest.approx(1.0)  # the shortest: its last beta is 1
+    with pytest.raises(ValueError, match=r"needs --diffusion_steps >= 20: over 10 steps its last beta, "
+                                         r"0.02 \* 1000 / T, is 2 > 1"):
+        get_named_beta_schedule("linear", 10)
+
+
 def test_unknown_schedule_names_the_choices():
     with pytest.raises(NotImplementedError, match="linear or cosine"):
         get_named_beta_schedule("quadratic", 10)
