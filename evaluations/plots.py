@@ -125,7 +125,10 @@ def plot_samplers(rows, path):
         _with_bars(axis, points, label)
     _floor_band(axis, rows)
     axis.set_xscale("log")
-    nfes = sorted({point[0] for points in lines.values() for point in points})
+    nfes = []
+    for nfe in sorted({point[0] for points in lines.values() for point in points}):
+        if not nfes or nfe > nfes[-1] * 1.1:  # labels 49 and 50 would print on top of each other
+            nfes.append(nfe)
     axis.set_xticks(nfes, [f"{nfe:g}" for nfe in nfes])
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel("model evaluations per image")
@@ -178,6 +181,7 @@ def plot_sweep(rows, out_dir):
     plots = {"guidance.png": (plot_guidance, any(r["sweep"] == "guidance" for r in rows)),
              "samplers.png": (plot_samplers, any(r["sweep"] == "samplers" for r in rows))}
     written = [os.path.join(out_dir, name) for name, (_, wanted) in plots.items() if wanted]
+    os.makedirs(out_dir, exist_ok=True)
     for path in written:
         plots[os.path.basename(path)][0](rows, path)
     return written
