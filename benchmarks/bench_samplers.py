@@ -7,7 +7,9 @@ and the speed-up over the first run.
     python benchmarks/bench_samplers.py                                   # the demo's architecture, CPU
     python benchmarks/bench_samplers.py --preset adm64_cond --batch_size 64 --runs ddpm:250,dpm++2m-sde:25
 
-Weights are random (a sampler's cost does not depend on them); the flags are script_util's.
+Weights are random (a sampler's cost does not depend on them). The model is --preset's (default "demo": the
+quickstart's architecture with learned sigma; or a released model's, e.g. adm64_cond); with --preset "" it is
+script_util's flags as given.
 """
 
 import argparse
@@ -37,15 +39,16 @@ def parse_runs(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    su.add_dict_to_argparser(parser, {**su.model_and_diffusion_defaults(), **DEMO})
-    su.add_dict_to_argparser(parser, dict(preset="", runs="ddpm:250,ddpm:25,ddim:25,dpm++2m:25,dpm++2m-sde:25,heun:13",
+    su.add_dict_to_argparser(parser, su.model_and_diffusion_defaults())
+    su.add_dict_to_argparser(parser, dict(preset="demo", runs="ddpm:250,ddpm:25,ddim:25,dpm++2m:25,dpm++2m-sde:25,heun:13",
                                           batch_size=64, rounds=2, threads=0,
                                           device="cuda" if th.cuda.is_available() else "cpu"))
     args = su.parse_args(parser)
     if args.threads:
         th.set_num_threads(args.threads)
     flags = su.args_to_dict(args, su.model_and_diffusion_defaults().keys())
-    flags.update(PRESETS[args.preset] if args.preset else {})
+    if args.preset:
+        flags = {**su.model_and_diffusion_defaults(), **({"demo": DEMO, **PRESETS}[args.preset])}
     device = th.device(args.device)
     runs = parse_runs(args.runs)
     th.manual_seed(0)
@@ -59,6 +62,8 @@ def main():
                   for _, steps in runs}
     shape = (args.batch_size, flags["image_channels"], flags["image_size"], flags["image_size"])
     labels = {"y": th.arange(args.batch_size, device=device) % flags["num_classes"]} if flags["class_cond"] else {}
+    print(f"model: {args.preset or 'the flags given'}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+          "parameters")
     seconds, evaluated = {run: [] for run in runs}, {}
 
     def counted(x, t, **kwargs):
