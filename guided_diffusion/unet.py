@@ -409,6 +409,11 @@ class _UNetTorso(nn.Module):
         yield self.middle_block(h, emb)
 
 
+def null_class_of(num_classes, class_dropout_prob):
+    """The label a model trained with label dropout keeps for "no class" (num_classes), or None."""
+    return num_classes if class_dropout_prob else None
+
+
 class UNetModel(_UNetTorso):
     """The ADM diffusion UNet. forward(x [N, C, H, W], timesteps [N], y [N] or None) -> [N, out_channels, H, W]."""
 
@@ -475,7 +480,7 @@ class UNetModel(_UNetTorso):
     @property
     def null_class(self):
         """The label of the unconditional branch (classifier-free guidance), or None without one."""
-        return self.num_classes if self.class_dropout_prob else None
+        return null_class_of(self.num_classes, self.class_dropout_prob)
 
     def _half_precision_blocks(self):
         return super()._half_precision_blocks() + [self.output_blocks]

@@ -30,6 +30,7 @@ from guided_diffusion.edit_inputs import load_edit_inputs
 from guided_diffusion.guidance import ClassifierGuidance, CleanImageGuidance
 from guided_diffusion.sample_io import GRID_MAX_IMAGES, save_edit_grid, save_npz
 from guided_diffusion.sample_seeds import resolve_seed
+from guided_diffusion.unet import null_class_of
 
 CONFIGS = (ModelConfig, DiffusionConfig, ClassifierConfig, EditConfig)
 
@@ -48,9 +49,9 @@ def main():
         if run.num_samples > 0:
             originals = originals[:run.num_samples]
             input_labels = None if input_labels is None else input_labels[:run.num_samples]
-        null_class = model_config.num_classes if model_config.class_dropout_prob else None  # UNetModel.null_class
         labels = edit_run.edit_labels(run, len(originals), model_config.class_cond, model_config.num_classes,
-                                      null_class, input_labels)
+                                      null_class_of(model_config.num_classes, model_config.class_dropout_prob),
+                                      input_labels)
         loss = edit_run.load_loss(run.loss)
         if loss is not None:
             shape = (2, model_config.image_channels, model_config.image_size, model_config.image_size)
