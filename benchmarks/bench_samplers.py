@@ -8,8 +8,8 @@ and the speed-up over the first run.
     python benchmarks/bench_samplers.py --preset adm64_cond --batch_size 64 --runs ddpm:250,dpm++2m-sde:25
 
 Weights are random (a sampler's cost does not depend on them). The model is --preset's (default "demo": the
-quickstart's architecture with learned sigma; or a released model's, e.g. adm64_cond); with --preset "" it is
-script_util's flags as given.
+quickstart's architecture with learned sigma; or a released model's, e.g. adm64_cond; or "" for script_util's
+defaults); flags given on the command line change it (e.g. --attention_impl sdpa).
 """
 
 import argparse
@@ -37,9 +37,21 @@ def parse_runs(text):
     return runs
 
 
+def _preset_flags():
+    """The model flags of --preset (read ahead of the full parse): DEMO, a released model's, or {} for ""."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="demo")
+    name = pre.parse_known_args()[0].preset
+    presets = {"demo": DEMO, **PRESETS}
+    if name and name not in presets:
+        raise SystemExit(f"--preset: {name!r} is not one of {', '.join(presets)} (or \"\" for no preset)")
+    return presets.get(name, {})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    su.add_dict_to_argparser(parser, su.model_and_diffusion_defaults())
+    preset = _preset_flags()  # the preset's flags are the defaults: a flag given on the command line wins
+    su.add_dict_to_argparser(parser, {**su.model_and_diffusion_defaults(), **preset})
     su.add_dict_to_argparser(parser, dict(preset="demo", runs="ddpm:250,ddpm:25,ddim:25,dpm++2m:25,dpm++2m-sde:25,heun:13",
                                           batch_size=64, rounds=2, threads=0,
                                           device="cuda" if th.cuda.is_available() else "cpu"))
@@ -47,8 +59,6 @@ def main():
     if args.threads:
         th.set_num_threads(args.threads)
     flags = su.args_to_dict(args, su.model_and_diffusion_defaults().keys())
-    if args.preset:
-        flags = {**su.model_and_diffusion_defaults(), **({"demo": DEMO, **PRESETS}[args.preset])}
     device = th.device(args.device)
     runs = parse_runs(args.runs)
     th.manual_seed(0)
