@@ -44,10 +44,30 @@ class FidBootstrap:
         from numpy's generator seeded with `seed`: the same draws for every call with the same N."""
         features = np.asarray(features, dtype=np.float64)
         projected = features @ self.root  # once: each resample's M is a weighted, centred choice of its rows
-        rng = np.random.default_rng(seed)
-        n = len(features)
-        return np.array([self._fid(features, projected, np.bincount(rng.integers(n, size=n), minlength=n))
-                         for _ in range(rounds)])
+        return np.array([self._fid(features, projected, counts) for counts in _draws(len(features), rounds, seed)])
+
+    def paired(self, features_a, features_b, rounds=ROUNDS, seed=0):
+        """FID(a) - FID(b) of two runs whose row i came from the same initial noise, label and step
+        noise (features [N, D] each), with its spread: every resample draws the same rows of both, so
+        what the runs share (the draw of N starting points) cancels and only how they differ remains.
+
+        Returns {"fid_a", "fid_b", "difference", "difference_low", "difference_high", "rounds_below_zero"}:
+        the central LEVEL interval of the resampled differences' deviations from their own mean, placed
+        around the difference (as spread() does), and the fraction of resamples in which a scored below b.
+        The difference is beyond the spread when the interval excludes 0.
+        """
+        a, b = (np.asarray(f, dtype=np.float64) for f in (features_a, features_b))
+        if a.shape != b.shape:
+            raise ValueError(f"paired runs need features of one shape, got {a.shape} and {b.shape}: the same "
+                             "--num_samples and --seed, and the same feature extractor")
+        projected_a, projected_b = a @ self.root, b @ self.root
+        differences = np.array([self._fid(a, projected_a, counts) - self._fid(b, projected_b, counts)
+                                for counts in _draws(len(a), rounds, seed)])
+        fid_a, fid_b = self.fid(a), self.fid(b)
+        low, high = np.quantile(differences - differences.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        difference = fid_a - fid_b
+        return {"fid_a": fid_a, "fid_b": fid_b, "difference": difference, "difference_low": float(difference + low),
+                "difference_high": float(difference + high), "rounds_below_zero": float(np.mean(differences < 0))}
 
     def _fid(self, features, projected, counts):
         """fid() given projected = features @ root [N, D]."""
@@ -74,3 +94,11 @@ class FidBootstrap:
         fids = self.resampled(features, rounds, seed)
         low, high = np.quantile(fids - fids.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
         return {"fid_std": float(fids.std(ddof=1)), "fid_low": float(fid + low), "fid_high": float(fid + high)}
+
+
+def _draws(n, rounds, seed):
+    """`rounds` resamples of n rows with replacement, each as counts [n] of every row, from numpy's
+    generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        yield np.bincount(rng.integers(n, size=n), minlength=n)

@@ -1,8 +1,10 @@
-"""Batch tools: build a reference npz from an image folder; dump an npz batch to PNG files; read the
-images of an npz batch or a folder (the real images of a sweep's floor row).
+"""Batch tools: build a reference npz from an image folder; dump an npz batch to PNG files; compare two
+runs of a sweep pairwise; read the images of an npz batch or a folder (the real images of a sweep's
+floor row).
 
     python evaluations/tools.py make_reference IMAGE_DIR OUT.npz --image_size 64 [--num_keep 10000]
     python evaluations/tools.py to_png BATCH.npz OUT_DIR
+    python evaluations/tools.py paired_fid REF.npz OUT_DIR/features/A.npz OUT_DIR/features/B.npz [--rounds 1000]
 """
 
 import argparse
@@ -18,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from evaluations import metrics
+from evaluations.bootstrap import LEVEL, FidBootstrap
 from evaluations.evaluator import add_inception_flags, batch_activations, check_images
-from evaluations.npz_io import BatchFileError, open_npz_array
+from evaluations.npz_io import BatchFileError, load_arrays, open_npz_array, read_headers
 from evaluations.stats import BatchStats
 from evaluations.weights import load_inception
 from guided_diffusion.errors import ArgumentParser, run
@@ -137,6 +140,30 @@ def npz_to_png(path, out_dir, batch_size=256):
     return index
 
 
+def _arrays(path, keys, fix):
+    """load_arrays(path, keys), or a BatchFileError naming the missing keys and `fix`."""
+    missing = [key for key in keys if key not in read_headers(path)]
+    if missing:
+        raise BatchFileError(f"{path} has no {missing} (it has {list(read_headers(path))}): {fix}")
+    return load_arrays(path, keys)
+
+
+def paired_fid(ref_path, path_a, path_b, rounds=1000, seed=0):
+    """FID(a) - FID(b) of two runs drawn from the same seed, with its paired bootstrap interval
+    (FidBootstrap.paired): the pool_3 features [N, D] of each (sweep.py --save_features files, or
+    `--save_stats` files) against the reference's stored mu and sigma."""
+    reference = _arrays(ref_path, ("mu", "sigma"), "the reference must store its statistics (make_reference or "
+                        "`evaluator.py --save_stats` writes them)")
+    runs = [_arrays(path, ("pool_3",), "write each run's features with `sweep.py --save_features True`")
+            | load_arrays(path, ["labels"] if "labels" in read_headers(path) else []) for path in (path_a, path_b)]
+    labels = [run.get("labels") for run in runs]
+    if all(x is not None for x in labels) and not np.array_equal(*labels):
+        raise BatchFileError(f"{path_a} and {path_b} asked for other labels, so their images are not paired: "
+                             "draw both runs with the same --seed, --num_samples and --class_balanced")
+    return FidBootstrap(reference["mu"], reference["sigma"]).paired(runs[0]["pool_3"], runs[1]["pool_3"], rounds,
+                                                                    seed)
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +176,20 @@ def main(argv=None):
     png = commands.add_parser("to_png", help="dump an npz batch to PNG files")
     png.add_argument("batch", help="npz with arr_0 uint8 [N, H, W, 3] images")
     png.add_argument("out_dir", help="folder for 000000.png, 000001.png, ...")
+    paired = commands.add_parser("paired_fid", help="FID(a) - FID(b) of two runs of one seed, with its paired spread")
+    paired.add_argument("ref", help="reference npz with mu and sigma (make_reference or `evaluator.py --save_stats`)")
+    paired.add_argument("a", help="features of run a: npz with pool_3 [N, D] (`sweep.py --save_features True`)")
+    paired.add_argument("b", help="features of run b, drawn with the same --seed and --num_samples")
+    paired.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    paired.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: 0)")
     args = parser.parse_args(argv)
+    if args.command == "paired_fid":
+        result = paired_fid(args.ref, args.a, args.b, args.rounds, args.seed)
+        beyond = "beyond" if result["difference_low"] > 0 or result["difference_high"] < 0 else "inside"
+        print(f"FID a {result['fid_a']:.3f}, b {result['fid_b']:.3f}; a - b = {result['difference']:.3f}, "
+              f"{LEVEL:.0%} paired interval [{result['difference_low']:.3f}, {result['difference_high']:.3f}] "
+              f"({beyond} the spread); a below b in {result['rounds_below_zero']:.1%} of {args.rounds} resamples")
+        return result
     if args.command == "to_png":
         print(f"wrote {npz_to_png(args.batch, args.out_dir)} images to {args.out_dir}")
         return

