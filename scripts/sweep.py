@@ -15,8 +15,10 @@ with every --guidance_samplers x --guidance_spacings x --guidance_steps, and wit
 --real_images adds the floor: real images scored against the same reference. Every step count and
 spacing is checked (by building its respaced diffusion) before any work. Writes OUT_DIR/sweep.csv and
 sweep.json (one row per run, rewritten after each run), samplers.png (FID against model evaluations)
-and guidance.png (FID, judge accuracy, precision, recall against scale). The reference is a batch npz
-or an `evaluator.py --save_stats` file. docs/evaluation.md gives the protocol.
+and guidance.png (FID, judge accuracy, precision, recall against scale); with --save_features, each
+run's Inception features in OUT_DIR/features/RUN.npz, to compare two runs pairwise with
+`evaluations/tools.py paired_fid`. The reference is a batch npz or an `evaluator.py --save_stats` file.
+docs/evaluation.md gives the protocol.
 """
 
 import ast
@@ -458,7 +460,7 @@ def main(argv=None):
     reference = evaluator.reference_stats(config.ref_batch, extractor, config.eval_batch_size, device)
     judge = load_judge(config.judge, model_config.image_size)
     score = Scorer(reference, extractor, config.eval_batch_size, device, config.bootstrap, config.seed, judge)
-    os.makedirs(os.path.dirname(features_path(config, "")) if config.save_features else config.out_dir, exist_ok=True)
+    os.makedirs(os.path.join(config.out_dir, "features") if config.save_features else config.out_dir, exist_ok=True)
     rows = []
     if real is not None:
         floor = dict(sweep="floor", sampler="real", guidance="none", scale=0.0, num_samples=len(real))
