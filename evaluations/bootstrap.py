@@ -63,8 +63,9 @@ class FidBootstrap:
         projected_a, projected_b = a @ self.root, b @ self.root
         differences = np.array([self._fid(a, projected_a, counts) - self._fid(b, projected_b, counts)
                                 for counts in _draws(len(a), rounds, seed)])
-        fid_a, fid_b = self.fid(a), self.fid(b)
-        low, high = np.quantile(differences - differences.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        once = np.ones(len(a))
+        fid_a, fid_b = self._fid(a, projected_a, once), self._fid(b, projected_b, once)
+        low, high = _deviations(differences)
         difference = fid_a - fid_b
         return {"fid_a": fid_a, "fid_b": fid_b, "difference": difference, "difference_low": float(difference + low),
                 "difference_high": float(difference + high), "rounds_below_zero": float(np.mean(differences < 0))}
@@ -92,7 +93,7 @@ class FidBootstrap:
         their mean sits above `fid`: only their spread is used, never their mean.
         """
         fids = self.resampled(features, rounds, seed)
-        low, high = np.quantile(fids - fids.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        low, high = _deviations(fids)
         return {"fid_std": float(fids.std(ddof=1)), "fid_low": float(fid + low), "fid_high": float(fid + high)}
 
 
@@ -102,3 +103,8 @@ def _draws(n, rounds, seed):
     rng = np.random.default_rng(seed)
     for _ in range(rounds):
         yield np.bincount(rng.integers(n, size=n), minlength=n)
+
+
+def _deviations(values):
+    """The central LEVEL interval (low, high) of values' deviations from their own mean."""
+    return np.quantile(values - values.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])

@@ -140,12 +140,14 @@ def npz_to_png(path, out_dir, batch_size=256):
     return index
 
 
-def _arrays(path, keys, fix):
-    """load_arrays(path, keys), or a BatchFileError naming the missing keys and `fix`."""
-    missing = [key for key in keys if key not in read_headers(path)]
+def _arrays(path, keys, fix, optional=()):
+    """load_arrays of `keys` and of those `optional` keys that path holds, or a BatchFileError naming the
+    missing keys and `fix`."""
+    headers = read_headers(path)
+    missing = [key for key in keys if key not in headers]
     if missing:
-        raise BatchFileError(f"{path} has no {missing} (it has {list(read_headers(path))}): {fix}")
-    return load_arrays(path, keys)
+        raise BatchFileError(f"{path} has no {missing} (it has {list(headers)}): {fix}")
+    return load_arrays(path, [*keys, *(key for key in optional if key in headers)])
 
 
 def paired_fid(ref_path, path_a, path_b, rounds=1000, seed=0):
@@ -154,8 +156,8 @@ def paired_fid(ref_path, path_a, path_b, rounds=1000, seed=0):
     `--save_stats` files) against the reference's stored mu and sigma."""
     reference = _arrays(ref_path, ("mu", "sigma"), "the reference must store its statistics (make_reference or "
                         "`evaluator.py --save_stats` writes them)")
-    runs = [_arrays(path, ("pool_3",), "write each run's features with `sweep.py --save_features True`")
-            | load_arrays(path, ["labels"] if "labels" in read_headers(path) else []) for path in (path_a, path_b)]
+    runs = [_arrays(path, ("pool_3",), "write each run's features with `sweep.py --save_features True`", ("labels",))
+            for path in (path_a, path_b)]
     labels = [run.get("labels") for run in runs]
     if all(x is not None for x in labels) and not np.array_equal(*labels):
         raise BatchFileError(f"{path_a} and {path_b} asked for other labels, so their images are not paired: "
