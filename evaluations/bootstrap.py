@@ -60,11 +60,8 @@ class FidBootstrap:
         if a.shape != b.shape:
             raise ValueError(f"paired runs need features of one shape, got {a.shape} and {b.shape}: the same "
                              "--num_samples and --seed, and the same feature extractor")
-        projected_a, projected_b = a @ self.root, b @ self.root
-        differences = np.array([self._fid(a, projected_a, counts) - self._fid(b, projected_b, counts)
-                                for counts in _draws(len(a), rounds, seed)])
-        once = np.ones(len(a))
-        fid_a, fid_b = self._fid(a, projected_a, once), self._fid(b, projected_b, once)
+        differences = self.resampled(a, rounds, seed) - self.resampled(b, rounds, seed)  # the same draws of rows
+        fid_a, fid_b = self.fid(a), self.fid(b)
         low, high = _deviations(differences)
         difference = fid_a - fid_b
         return {"fid_a": fid_a, "fid_b": fid_b, "difference": difference, "difference_low": float(difference + low),
