@@ -1,10 +1,25 @@
 """Fixtures shared by the test files: a session-wide Fashion-MNIST export, the subprocess runners of
-_train_helpers.py, and keeping in-process torch work on one thread."""
+_train_helpers.py, and keeping in-process torch work on one thread. The report's header says how the
+pinned fixtures are compared here (fixture_compare.py)."""
+
+from pathlib import Path
 
 import pytest
 import torch as th
 
 import _train_helpers
+import fixture_compare
+
+FIXTURE_FOLDERS = sorted(path.parent for path in (Path(__file__).parent / "fixtures").glob("*/provenance.json"))
+
+
+def pytest_report_header():
+    return [f"fixtures/{folder.name}: {'bit for bit' if exact else 'within the computation error bound'} ({why})"
+            for folder in FIXTURE_FOLDERS for exact, why in [fixture_compare.comparison(folder / "provenance.json")]]
+
+
+def pytest_sessionfinish():
+    _train_helpers.WARM.close()
 
 
 @pytest.fixture(scope="session")
@@ -15,13 +30,13 @@ def fashion_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def run_python():
-    """run_python(args, ranks=1, env=None, check=True, timeout=300) -> CompletedProcess."""
+    """run_python(args, ranks=1, env=None, check=True, timeout=TIMEOUT) -> CompletedProcess."""
     return _train_helpers.run_python
 
 
 @pytest.fixture(scope="session")
 def run_script():
-    """run_script(name, flags, log_dir, ranks=1, check=True, timeout=300) -> CompletedProcess."""
+    """run_script(name, flags, log_dir, ranks=1, check=True, timeout=TIMEOUT) -> CompletedProcess."""
     return _train_helpers.run_script
 
 

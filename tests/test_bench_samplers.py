@@ -1,19 +1,10 @@
 """benchmarks/bench_samplers.py builds the model of --preset, with the flags given on the command line winning."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from _train_helpers import run_python
 
 
 def bench(*flags):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "benchmarks/bench_samplers.py", "--runs", "ddpm:2,dpm++2m-sde:2",
-                           "--batch_size", "2", "--rounds", "1", "--device", "cpu", *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return run_python(["benchmarks/bench_samplers.py", "--runs", "ddpm:2,dpm++2m-sde:2", "--batch_size", "2",
+                       "--rounds", "1", "--device", "cpu", *flags]).stdout
 
 
 def test_the_demo_preset_by_default_and_a_given_flag_changes_it():
@@ -28,6 +19,5 @@ def test_every_run_prints_its_counted_evaluations():
 
 
 def test_an_unknown_preset_is_refused_by_name():
-    done = subprocess.run([sys.executable, "benchmarks/bench_samplers.py", "--preset", "adm63"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = run_python(["benchmarks/bench_samplers.py", "--preset", "adm63"], check=False)
     assert done.returncode != 0 and "--preset: 'adm63' is not one of demo, adm64_cond" in done.stderr

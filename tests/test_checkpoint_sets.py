@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch as th
 
-from _train_helpers import PYTHON, REPO, read_progress, tiny_loop
+from _train_helpers import PYTHON, REPO, TIMEOUT, read_progress, tiny_loop
 from guided_diffusion import train_state
 from guided_diffusion.checkpoint import CheckpointFileError
 
@@ -52,7 +52,7 @@ def train(log_dir, max_steps, resume="", kill_during=None, stop_at=None, sig=sig
             proc.send_signal(sig)
             break
     lines.append(proc.stdout.read())
-    return proc.wait(timeout=300), "".join(lines)
+    return proc.wait(timeout=TIMEOUT), "".join(lines)
 
 
 def newest_model_file(log_dir):
@@ -91,6 +91,7 @@ def straight(tmp_path_factory):
     return log_dir
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_then_resume_from_the_newest_model_file_is_exact(tmp_path, straight):
     run = tmp_path / "run"
     # 0. the first save killed before its model file: the same command again sets those files aside
@@ -122,6 +123,7 @@ def test_sigkill_mid_save_then_resume_from_the_newest_model_file_is_exact(tmp_pa
     assert losses_by_step(run) == losses_by_step(straight) and len(losses_by_step(run)) == 6
 
 
+@pytest.mark.slow
 def test_resume_from_an_older_complete_set_in_the_same_folder(tmp_path, straight):
     run = tmp_path / "run"
     shutil.copytree(straight, run)
@@ -171,6 +173,7 @@ def test_disk_full_during_a_save_names_the_intact_set(tmp_path, monkeypatch):
     assert (tmp_path / "model000004.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_logs_the_resume_command_and_exits_128_plus_its_number(tmp_path, sig):
     status, out = train(tmp_path, 1000, stop_at="saved checkpoint of step 2", sig=sig)

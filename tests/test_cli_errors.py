@@ -133,10 +133,11 @@ def test_debug_shows_the_traceback(tiny_runs, tmp_path, how):
     assert "image_sample.py: error: --num_channels 64 contradicts the checkpoint (32" in result.stderr
 
 
+@pytest.mark.slow
 def test_under_mpiexec_one_rank_prints_and_every_rank_exits(tiny_runs, tmp_path):
     """The bad label is found after the process group and the log dir were set up, on both ranks."""
     result = run_script("image_sample", ["--model_path", tiny_runs["ema"], "--class_labels", "7"], tmp_path / "log",
-                        ranks=2, check=False, timeout=120)
+                        ranks=2, check=False)
     assert_one_line_error(result, "image_sample.py", 2, r"--class_labels \[7\] are outside \[0, 2\)")
     assert "[rank" not in result.stderr
     assert_nothing_written(tmp_path / "log")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _train_helpers import REPO
+from _train_helpers import REPO, TIMEOUT
 
 
 def load_module(name):
@@ -78,8 +78,10 @@ def test_judge_refuses_images_of_another_size():
         judge_module.predict(judge, np.zeros((2, 28, 28), dtype=np.uint8))
 
 
-# The pipeline at a reduced size: 16 px, a short training, 50 samples per grid with 10 DDPM steps.
-REDUCED = dict(IMAGE_SIZE="16", PER_CLASS="300", STEPS="400", CLASSIFIER_STEPS="150", SAMPLES="50",
+# The pipeline at the smallest size that still shows guidance: 16 px, 200 model and 100 classifier steps, 50
+# samples per grid with 10 DDPM steps (about 60 s on an idle 2-core CPU; requested-class accuracy measured
+# 0.34 unguided, 0.42 classifier-guided, 0.74 classifier-free-guided, 0.64 with 150 model steps).
+REDUCED = dict(IMAGE_SIZE="16", PER_CLASS="300", STEPS="200", CLASSIFIER_STEPS="100", SAMPLES="50",
                SAMPLER_FLAGS="--sampler ddpm --timestep_respacing 10")
 
 
@@ -88,7 +90,7 @@ def run_quickstart(tmp_path, **env):
                JUDGE_CACHE=str(tmp_path / "judge.pt"), PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
                PYTHONPATH=str(REPO), **env)  # the scripts import this checkout's package
     return subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=2 * TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,7 @@ def judged(run):
     return accuracy, results["judge_test_accuracy"]
 
 
+@pytest.mark.slow
 def test_quickstart_writes_release_npz_files_and_class_grids_and_refuses_to_overwrite(demo_run):
     tmp_path, stdout = demo_run
     run = tmp_path / "run"
@@ -124,17 +127,20 @@ def test_quickstart_writes_release_npz_files_and_class_grids_and_refuses_to_over
     assert again.returncode != 0 and "OVERWRITE=1" in again.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_classifier_free_guided_samples_show_the_requested_class(demo_run):
     accuracy, judge_accuracy = judged(demo_run[0] / "run")
     assert judge_accuracy > 0.85
     assert accuracy["classifier_free_guided"] >= 0.3, accuracy  # chance: 0.1
 
 
+@pytest.mark.slow
 def test_quickstart_classifier_guided_samples_show_the_requested_class(demo_run):
     accuracy, _ = judged(demo_run[0] / "run")
     assert accuracy["classifier_guided"] >= 0.3, accuracy
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance_beats_the_null_class_alone(demo_run, run_script):
     """W = 4 (the demo's grid) against W = 0 (the model's unconditional branch) on the reduced demo's model,
     the same noise and requested labels, judged by the clean judge."""

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch as th
 
-from _train_helpers import MPIEXEC, PYTHON, REPO, TORCHRUN
+from _train_helpers import MPIEXEC, PYTHON, REPO, TIMEOUT, TORCHRUN
 from guided_diffusion import dist_util
 
 WORKER = textwrap.dedent("""
@@ -53,17 +53,19 @@ def _run(cmd, tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     result = subprocess.run([*cmd, PYTHON, str(tmp_path / "worker.py"), str(tmp_path)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
+@pytest.mark.slow
 def test_mpiexec_two_ranks(tmp_path):
     out = _run([MPIEXEC, "-n", "2"], tmp_path)
     assert "OK rank=0 world=2 dev=cpu backend=gloo" in out and "OK rank=1 world=2" in out
     assert (tmp_path / "log-rank001.txt").exists() and (tmp_path / "log.txt").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_have_their_own_ranks(tmp_path):
     out = _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "--no-python"], tmp_path)
     assert "OK rank=0 world=2" in out and "OK rank=1 world=2" in out
@@ -73,7 +75,7 @@ def test_single_process_needs_no_mpi(tmp_path):
     code = ("import sys, guided_diffusion.dist_util as d, torch.distributed as dist; d.setup_dist(); "
             "print(dist.get_world_size(), d.dev(), 'mpi4py' in sys.modules)")
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+                         env={"PATH": "/usr/bin:/bin"}, timeout=TIMEOUT)
     assert out.stdout.split() == ["1", "cpu", "False"], out.stderr
 
 

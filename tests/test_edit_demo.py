@@ -53,6 +53,7 @@ def stand_in_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_edit_demo_writes_its_panel_grids_and_numbers(stand_in_run, run_python):
     root = stand_in_run
     result = run_python([REPO / "scripts" / "edit_demo.py", "--run", root / "run", "--out", root / "out",

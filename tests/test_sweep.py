@@ -61,6 +61,7 @@ def _inputs(checkpoints):
         "--ref_batch", str(checkpoints / "ref.npz"), "--features", "pixels", "--batch_size", "4"]
 
 
+@pytest.mark.slow
 def test_sweep_writes_the_table_and_the_plots(checkpoints, tmp_path):
     out = tmp_path / "out"
     rows = sweep.main(_inputs(checkpoints) + [

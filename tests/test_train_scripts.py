@@ -15,7 +15,8 @@ from guided_diffusion.build import build_classifier, build_unet
 from guided_diffusion.config import ClassifierConfig, ModelConfig, split_flags
 from guided_diffusion.train_util import seed_all
 
-from _train_helpers import PYTHON, REPO, TINY_CLASSIFIER, TINY_UNET, read_progress, run_python, run_script, to_argv
+from _train_helpers import (PYTHON, REPO, TIMEOUT, TINY_CLASSIFIER, TINY_UNET, read_progress, run_python, run_script,
+                            to_argv)
 
 # The start of the wrappers below: run_main(path, argv) runs a script's main() with sys.argv = [path, *argv].
 RUN_MAIN = textwrap.dedent("""
@@ -80,6 +81,7 @@ def test_fp16_master_weights_start_from_the_float32_initialisation(tmp_path, fas
     assert not all(th.equal(v.half().float(), v) for v in initial.values())  # rounding would have shown
 
 
+@pytest.mark.slow
 def test_mpiexec_two_ranks_identical_replicas_and_files(tmp_path, fashion_dir):
     wrapper = tmp_path / "replica_check.py"
     wrapper.write_text(REPLICA_CHECK)
@@ -98,6 +100,7 @@ def test_mpiexec_two_ranks_identical_replicas_and_files(tmp_path, fashion_dir):
     assert len(th.load(log_dir / "state000003.pt", weights_only=True)["ranks"]) == 2
 
 
+@pytest.mark.slow
 def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
     """The loss starts near 1 (the zero-initialised output predicts eps = 0) and falls within 150 CPU steps
     (~20 s) to ~0.07 overall and ~0.2 for t < 250. Thresholds 0.15 and 0.3 exclude a model that ignores its
@@ -117,6 +120,7 @@ def test_class_conditional_model_learns_fashion_mnist(tmp_path, fashion_dir):
     assert saved["train_flags"]["lr"] == 2e-3 and len(saved["class_names"]) == 10
 
 
+@pytest.mark.slow
 def test_classifier_train_runs_on_cpu_evaluates_and_resumes(tmp_path, fashion_dir):
     flags = dict(TINY_CLASSIFIER, data_dir=fashion_dir, val_data_dir=fashion_dir, batch_size=8, iterations=4,
                  log_interval=2, eval_interval=2, save_interval=2, anneal_lr=True)
@@ -200,6 +204,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, fashion_dir, case)
         assert sorted(os.listdir(tmp_path / "first")) == before
 
 
+@pytest.mark.slow
 def test_mpiexec_resume_is_exact(tmp_path, fashion_dir):
     """Two ranks: 2 steps + resume + 2 steps gives the same weights as 4 steps (per-rank RNG and data)."""
     flags = dict(TINY_UNET, data_dir=fashion_dir, batch_size=2, log_interval=2, save_interval=2, dropout=0.1)
@@ -227,6 +232,7 @@ RESUMED_RUNS = {  # script, its flags, the flag that sets the step count, the fi
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RESUMED_RUNS))
 def test_resume_is_exact(tmp_path, fashion_dir, case):
     """2 steps, then a resume for 2 more, gives the weights, EMA, optimizer state and logged losses
@@ -253,6 +259,7 @@ def test_resume_is_exact(tmp_path, fashion_dir, case):
     assert any(not th.equal(first[k], last[k]) for k in first)  # steps 3 and 4 did train
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_dir):
     """As a cluster scheduler does: the signal reaches the data-loading worker too."""
     flags = dict(TINY_UNET, image_size=16, attention_resolutions="8", data_dir=fashion_dir, batch_size=2,
@@ -266,6 +273,6 @@ def test_sigterm_to_the_whole_process_group_saves_and_exits(tmp_path, fashion_di
             break
     os.killpg(proc.pid, signal.SIGTERM)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, rest  # a stopped run does not look finished
+    assert proc.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM, rest  # a stopped run does not look finished
     step = int(re.search(r"saving step (\d+)", rest).group(1))
     assert step > 0 and (tmp_path / f"model{step:06d}.pt").exists()
