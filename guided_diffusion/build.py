@@ -111,6 +111,27 @@ def build_super_res(config, learn_sigma=False):
     return SuperResModel(**_unet_options(config, config.large_size, learn_sigma), channel_mult=channel_mult)
 
 
+def build_text_unet(config, learn_sigma=True):
+    """GLIDE's text-conditional UNet of a TextModelConfig (class_cond must be False: the caption is the
+    condition)."""
+    from .text.model import TextUNet
+    from .text.tokenizer import get_encoder
+
+    if config.class_cond:
+        raise UsageError("a text model is conditioned on captions, not class labels: leave --class_cond False")
+    channel_mult = parse_channel_mult(config.channel_mult, config.image_size)
+    check_widths(config.num_channels, channel_mult)
+    options = _unet_options(config, config.image_size, learn_sigma)
+    options.pop("num_classes")
+    tokenizer = get_encoder()
+    return TextUNet(
+        **options, channel_mult=channel_mult, text_ctx=config.text_ctx, xf_width=config.xf_width,
+        xf_layers=config.xf_layers, xf_heads=config.xf_heads, xf_final_ln=config.xf_final_ln,
+        xf_padding=config.xf_padding, n_vocab=tokenizer.n_vocab, inpaint=config.inpaint, super_res=config.super_res,
+        cache_text_emb=config.cache_text_emb, tokenizer=tokenizer,
+    )  # fmt: skip
+
+
 def build_classifier(config):
     """The noisy-image classifier of a ClassifierConfig (64 channels per attention head, as released)."""
     channel_mult = parse_channel_mult(config.classifier_channel_mult, config.image_size,

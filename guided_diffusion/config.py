@@ -113,6 +113,33 @@ class SuperResConfig(UNetConfig):
 
 
 @dataclass
+class TextModelConfig(UNetConfig):
+    """A text-conditional model (GLIDE): the UNet, the caption's transformer, and the extra inputs of the
+    inpainting and super-resolution variants. Defaults: GLIDE's base model (float32 unless --use_fp16)."""
+
+    image_size: int = flag(64, "height and width of the images in pixels")
+    channel_mult: str = flag("", 'width multiplier per level, e.g. "1,2,3,4" ("": the image size\'s default)')
+    num_channels: int = flag(192, "channels of the first level (the base width)")
+    num_res_blocks: int = flag(3, "residual blocks per resolution level")
+    num_heads: int = flag(1, "attention heads (ignored when num_head_channels is set)")
+    num_head_channels: int = flag(64, "channels per attention head (-1: use num_heads)")
+    attention_resolutions: str = flag("32,16,8", "comma-separated resolutions in pixels that get attention blocks")
+    dropout: float = flag(0.1, "dropout probability in the residual blocks")
+    resblock_updown: bool = flag(True, "up/downsample inside residual blocks instead of separate layers")
+    text_ctx: int = flag(128, "caption length in tokens (longer captions are truncated, with a warning)")
+    xf_width: int = flag(512, "width of the caption transformer")
+    xf_layers: int = flag(16, "blocks of the caption transformer")
+    xf_heads: int = flag(8, "attention heads of the caption transformer")
+    xf_final_ln: bool = flag(True, "a LayerNorm after the caption transformer's last block")
+    xf_padding: bool = flag(True, "a learned embedding in the caption's padding slots (the empty caption is "
+                            "all padding: the unconditional branch)")
+    inpaint: bool = flag(False, "inpainting model: the known image and its mask are extra input channels")
+    super_res: bool = flag(False, "super-resolution model: a low-resolution image is an extra input")
+    cache_text_emb: bool = flag(False, "keep a caption's encoding across the steps of a sampling run",
+                                free_on_resume=True)
+
+
+@dataclass
 class ClassifierConfig:
     """The noisy-image classifier of classifier guidance (fields in the order of create_classifier)."""
 

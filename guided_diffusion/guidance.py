@@ -8,7 +8,7 @@ x: x_t [N, C, H, W]; t: [N], the timesteps the model sees (original indices, sca
 --rescale_timesteps); prediction: the model's prediction before this guide (unguided, except that
 guides without on_model_output see it after the on_model_output guides' shift), a mapping of tensors
 shaped like x: "eps" (noise), "pred_xstart" (x_0, clipped when clip_denoised), "alpha_bar" (alpha_bar_t,
-[N, 1, ...]) and, when a guide declares null_class, "eps_uncond"; model_kwargs: the model's keyword
+[N, 1, ...]) and, when a guide declares unconditional, "eps_uncond"; model_kwargs: the model's keyword
 arguments (e.g. y). It returns scale * grad_{x_t} log p(c | x_t).
 
 Where the gradient enters is the release's: DDPM adds variance * gradient to the mean
@@ -23,8 +23,10 @@ gradient (`condition_score`), eps read from the clipped x_0. A guide's class att
   other guides run without gradients.
 - after_step = True: its output is added as it is to the sampler's x_{t-1} (DPS's correction
   x_{t-1} = x'_{t-1} - zeta grad ||y - A(x0_hat)||) instead of entering the mean or the score.
-- null_class = a label: the model also runs the unconditional branch (labels null_class) in the same
-  batched forward, and "eps_uncond" is in the guides' prediction.
+- unconditional = {model keyword: one row}: the model also runs the unconditional branch, those keywords
+  replaced by the rows (e.g. {"y": the null class}, or the empty caption's {"tokens", "mask"}), in the
+  same batched forward, and "eps_uncond" is in the guides' prediction. null_class = a label is the
+  release-era shorthand for unconditional = {"y": label}.
 
 A plain function is a guide too (all attributes off).
 """
@@ -63,23 +65,27 @@ class ClassifierGuidance:
 class ClassifierFreeGuidance:
     """Classifier-free guidance (Ho & Salimans 2021): eps = eps_u + scale (eps_c - eps_u).
 
-    Needs a model trained with --class_dropout_prob > 0: its label null_class is the unconditional
-    branch. The sampler then runs [x; x] with labels [y; null_class] in one batched forward; the
-    gradient of the implicit classifier, (scale - 1) (eps_u - eps_c) / sqrt(1 - alpha_bar_t), shifts
-    the model's raw eps (on_model_output), before x_0 is derived and clipped. scale = 1 is plain
-    conditional sampling; learned variances come from the conditional branch.
+    The unconditional branch is the model with its condition dropped: a class-conditional model trained
+    with --class_dropout_prob > 0 sees its label null_class, a text model the empty caption
+    (unconditional = {"tokens": [L], "mask": [L] all False}, one row each). The sampler then runs [x; x]
+    with [condition; unconditional] in one batched forward; the gradient of the implicit classifier,
+    (scale - 1) (eps_u - eps_c) / sqrt(1 - alpha_bar_t), shifts the model's raw eps (on_model_output),
+    before x_0 is derived and clipped. scale = 1 is plain conditional sampling; learned variances come
+    from the conditional branch.
     """
 
     on_model_output = True
 
-    def __init__(self, scale, null_class):
-        if null_class is None:
+    def __init__(self, scale, null_class=None, unconditional=None):
+        if (null_class is None) == (unconditional is None):
             raise ValueError(
-                "classifier-free guidance needs a model with a null class: train it with "
-                "--class_dropout_prob > 0 and pass model.null_class"
+                "classifier-free guidance needs the unconditional branch: a model with a null class (train it "
+                "with --class_dropout_prob > 0 and pass model.null_class), or unconditional={keyword: row} "
+                "such as a text model's empty caption"
             )
         self.scale = scale
         self.null_class = null_class
+        self.unconditional = {"y": th.tensor(null_class)} if unconditional is None else dict(unconditional)
 
     def __call__(self, x, t, prediction, **model_kwargs):
         difference = prediction["eps_uncond"] - prediction["eps"]
@@ -181,7 +187,8 @@ class GuideInputs(dict):
         if key == "eps_uncond":
             raise KeyError(
                 "prediction['eps_uncond'] exists only when a guide declares null_class (the label of the "
-                "unconditional branch, e.g. model.null_class): set null_class on your guide"
+                "unconditional branch, e.g. model.null_class) or unconditional (its model keywords, e.g. a text "
+                "model's empty caption {'tokens', 'mask'}): set one on your guide"
             )
         raise KeyError(f"{key!r}: a guide's prediction holds {', '.join(self)}")
 
@@ -223,10 +230,10 @@ class GuidedDenoiser:
         self.score_guides = others if on == "score" else []
         self.mean_guides = others if on == "mean" else []
         self.through_model = any(_declares(g, "through_model") for g in self.guides)
-        null_classes = {g.null_class for g in self.guides if getattr(g, "null_class", None) is not None}
-        if len(null_classes) > 1:
-            raise ValueError(f"one classifier-free guide at a time, got null classes {sorted(null_classes)}")
-        self.null_class = null_classes.pop() if null_classes else None
+        unconditional = [_unconditional_of(g) for g in self.guides if _unconditional_of(g) is not None]
+        if len(unconditional) > 1:
+            raise ValueError(f"one classifier-free guide at a time, got {len(unconditional)} unconditional branches")
+        self.unconditional = unconditional[0] if unconditional else None
 
     def over(self, diffusion):
         """This denoiser bound to another diffusion (e.g. the same one over more timesteps)."""
@@ -282,14 +289,17 @@ class GuidedDenoiser:
 
     def _forward(self, x, model_t, model_kwargs):
         """The model output at (x, model_t), and the unconditional branch's (or None) from the same forward."""
-        if self.null_class is None:
+        if self.unconditional is None:
             return self.model(x, model_t, **model_kwargs), None
-        y = model_kwargs.get("y")
-        if y is None:
-            raise ValueError("classifier-free guidance needs class labels: pass model_kwargs['y']")
         n = x.shape[0]
         doubled = {k: th.cat([v, v]) if _is_batched(v, n) else v for k, v in model_kwargs.items()}
-        doubled["y"] = th.cat([y, th.full_like(y, self.null_class)])
+        for key, row in self.unconditional.items():
+            condition = model_kwargs.get(key)
+            if condition is None:
+                what = "class labels" if key == "y" else f"its condition {key!r}"
+                raise ValueError(f"classifier-free guidance needs {what}: pass model_kwargs[{key!r}]")
+            row = row.to(device=condition.device, dtype=condition.dtype)
+            doubled[key] = th.cat([condition, row.expand(n, *row.shape)])
         both = self.model(th.cat([x, x]), th.cat([model_t, model_t]), **doubled)
         return both.chunk(2)
 
@@ -326,6 +336,15 @@ class GuidedDenoiser:
 
     def _eps(self, output, x, t):
         return self.denoiser.eps(self.denoiser.split(output, x)[0], x, t)
+
+
+def _unconditional_of(guide):
+    """A guide's unconditional model keywords ({keyword: row}), from `unconditional` or `null_class`, or None."""
+    if getattr(guide, "unconditional", None) is not None:
+        return guide.unconditional
+    if getattr(guide, "null_class", None) is not None:
+        return {"y": th.tensor(guide.null_class)}
+    return None
 
 
 def _declares(guide, attribute):

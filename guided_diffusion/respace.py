@@ -30,7 +30,12 @@ def space_timesteps(num_timesteps, section_counts, alphas_cumprod=None):
     logsnrN and karrasN need the schedule's alphas_cumprod [num_timesteps]; each of their levels is
     rounded to the nearest timestep in log sigma, collisions moved to the next free timestep, so that
     exactly N distinct timesteps are kept, 0 and T - 1 among them.
+    - "fast27": GLIDE's upsampler schedule, "10,10,3,2,2" with step T - 1 replaced by T - 3 (fewer DDIM
+      artifacts from the noisiest step).
     """
+    if section_counts == "fast27":
+        kept = space_timesteps(num_timesteps, "10,10,3,2,2")
+        return (kept - {num_timesteps - 1}) | {num_timesteps - 3}
     named = re.fullmatch(r"(ddim|logsnr|karras)(\d+)", section_counts) if isinstance(section_counts, str) else None
     if named:
         kind, count = named.group(1), int(named.group(2))

@@ -17,9 +17,9 @@ def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
 
     "linear": Ho et al.'s 1e-4 .. 0.02 over 1000 steps, both ends scaled by 1000 / T so that any T
     gives the same overall noise. "cosine": Nichol & Dhariwal's alpha_bar(t) = cos((t + 0.008) / 1.008
-    * pi / 2)^2, betas capped at 0.999.
+    * pi / 2)^2, betas capped at 0.999 ("squaredcos_cap_v2", GLIDE's name for it, is the same schedule).
     """
-    if schedule_name == "cosine":
+    if schedule_name in ("cosine", "squaredcos_cap_v2"):
         return betas_for_alpha_bar(num_diffusion_timesteps, _cosine_alpha_bar)
     if schedule_name != "linear":
         raise NotImplementedError(f"unknown beta schedule {schedule_name!r}: use --noise_schedule linear or cosine")

@@ -29,11 +29,17 @@ class TimestepBlock(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
-    """A sequential container that hands the timestep embedding to the children that take it."""
+    """A sequential container that hands the timestep embedding to the children that take it, and the
+    text encoding (encoder_out [N, W, L], or None) to the attention blocks."""
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, encoder_out=None):
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock):
+                x = layer(x, encoder_out)
+            else:
+                x = layer(x)
         return x
 
 
@@ -166,6 +172,8 @@ class QKVAttention(nn.Module):
     release's QKVAttentionLegacy); order="new" splits into q, k, v first, then heads
     (use_new_attention_order). q and k are each scaled by C^(-1/4); the softmax runs in float32.
     impl="sdpa" computes the same attention with torch's fused scaled_dot_product_attention.
+    With encoder_kv [N, 2 * H * C, L] (GLIDE's cross-attention, legacy order only: each head's
+    [k | v]), every head's text keys and values come first: one softmax over L + T keys.
     """
 
     def __init__(self, n_heads, order="legacy", impl="math"):
@@ -187,9 +195,14 @@ class QKVAttention(nn.Module):
             return qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
         return tuple(t.reshape(bs * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
 
-    def forward(self, qkv):
+    def forward(self, qkv, encoder_kv=None):
         bs, _, length = qkv.shape
         q, k, v = self.split_heads(qkv)
+        if encoder_kv is not None:
+            if self.order != "legacy":
+                raise ValueError("cross-attention to a text encoding needs the legacy attention order (GLIDE's)")
+            text_k, text_v = encoder_kv.reshape(bs * self.n_heads, 2 * q.shape[1], -1).split(q.shape[1], dim=1)
+            k, v = th.cat([text_k, k], dim=-1), th.cat([text_v, v], dim=-1)
         if self.impl == "sdpa":
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return a.transpose(1, 2).reshape(bs, -1, length)
@@ -200,7 +213,8 @@ class QKVAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over all spatial positions: x + proj_out(attention(qkv(norm(x))))."""
+    """Self-attention over all spatial positions: x + proj_out(attention(qkv(norm(x)))); with
+    encoder_channels (a text model), also cross-attention to the text encoding through encoder_kv."""
 
     def __init__(
         self,
@@ -210,8 +224,12 @@ class AttentionBlock(nn.Module):
         use_checkpoint=False,           # recompute activations in backward to save memory
         use_new_attention_order=False,  # split qkv before heads (the 64x64 model's order)
         attention_impl="math",          # "math" (the release's einsums) or "sdpa" (fused kernel)
+        encoder_channels=None,          # width W of a text encoding to attend to (GLIDE), or None
     ):
         super().__init__()
+        if encoder_channels is not None and use_new_attention_order:
+            raise ValueError("use_new_attention_order cannot be combined with a text encoder: GLIDE's "
+                             "cross-attention splits heads the legacy way; leave --use_new_attention_order False")
         if num_head_channels != -1:
             if channels % num_head_channels:
                 raise ValueError(f"{channels} channels are not divisible by num_head_channels={num_head_channels}")
@@ -223,16 +241,19 @@ class AttentionBlock(nn.Module):
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         order = "new" if use_new_attention_order else "legacy"
         self.attention = QKVAttention(num_heads, order, attention_impl)
+        if encoder_channels is not None:
+            self.encoder_kv = conv_nd(1, encoder_channels, 2 * channels, 1)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
-    def forward(self, x):
-        """x: [N, C, *spatial] -> same shape."""
-        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
+    def forward(self, x, encoder_out=None):
+        """x: [N, C, *spatial]; encoder_out: [N, W, L] text encoding (text models only) -> x's shape."""
+        return checkpoint(self._forward, (x, encoder_out), self.parameters(), self.use_checkpoint)
 
-    def _forward(self, x):
+    def _forward(self, x, encoder_out):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
-        h = self.proj_out(self.attention(self.qkv(self.norm(x))))
+        encoder_kv = None if encoder_out is None else self.encoder_kv(encoder_out)
+        h = self.proj_out(self.attention(self.qkv(self.norm(x)), encoder_kv))
         return (x + h).reshape(b, c, *spatial)
 
 
@@ -288,6 +309,7 @@ class BlockSpec:
     num_head_channels: int          # fixed channels per attention head, or -1 for a head count
     use_new_attention_order: bool   # split qkv before heads
     attention_impl: str             # "math" or "sdpa"
+    encoder_channels: int = None    # width of a text encoding the attention blocks attend to (GLIDE), or None
 
     def resblock(self, channels, out_channels, up=False, down=False):
         """A ResBlock from `channels` to `out_channels`."""
@@ -302,7 +324,7 @@ class BlockSpec:
         return AttentionBlock(
             channels, num_heads=num_heads, num_head_channels=self.num_head_channels,
             use_checkpoint=self.use_checkpoint, use_new_attention_order=self.use_new_attention_order,
-            attention_impl=self.attention_impl,
+            attention_impl=self.attention_impl, encoder_channels=self.encoder_channels,
         )  # fmt: skip
 
     def downsample(self, channels):
@@ -397,16 +419,17 @@ class _UNetTorso(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         return emb if y is None else emb + self.label_emb(y)
 
-    def _torso_outputs(self, x, emb):
+    def _torso_outputs(self, x, emb, encoder_out=None):
         """Run the downsampling path and middle block in the torso's precision.
 
-        x: [N, C, H, W]; yields each input block's output, then the middle block's.
+        x: [N, C, H, W]; encoder_out: [N, W, L] text encoding or None; yields each input block's output,
+        then the middle block's.
         """
         h = x.type(self.dtype)
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = block(h, emb, encoder_out)
             yield h
-        yield self.middle_block(h, emb)
+        yield self.middle_block(h, emb, encoder_out)
 
 
 def null_class_of(num_classes, class_dropout_prob):
@@ -442,6 +465,7 @@ class UNetModel(_UNetTorso):
         attention_impl="math",          # "math" (exact release einsums) or "sdpa" (fused)
         class_dropout_prob=0.0,         # > 0: a null class (label num_classes) that replaces training labels
                                         #   with this probability (classifier-free guidance); 0: as released
+        encoder_channels=None,          # width of a text encoding every attention block attends to (GLIDE)
     ):
         if not 0 <= class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
@@ -452,6 +476,7 @@ class UNetModel(_UNetTorso):
             resblock_updown=resblock_updown, use_scale_shift_norm=use_scale_shift_norm,
             resblock_rescale=resblock_rescale, use_checkpoint=use_checkpoint, num_head_channels=num_head_channels,
             use_new_attention_order=use_new_attention_order, attention_impl=attention_impl,
+            encoder_channels=encoder_channels,
         )  # fmt: skip
         label_rows = None if num_classes is None else num_classes + (1 if class_dropout_prob else 0)
         super().__init__(
@@ -502,10 +527,14 @@ class UNetModel(_UNetTorso):
             raise ValueError(f"y must hold one label per image: shape [{x.shape[0]}], got {list(y.shape)}")
         if y is not None and self.training and self.class_dropout_prob:
             y = self._drop_labels(y)
-        emb = self._embed(timesteps, y)
-        *skips, h = self._torso_outputs(x, emb)
+        return self._denoise(x, self._embed(timesteps, y))
+
+    def _denoise(self, x, emb, encoder_out=None):
+        """The UNet proper: x [N, C, H, W] and the embedding emb [N, 4 * model_channels] (and a text encoding
+        encoder_out [N, W, L]) -> [N, out_channels, H, W]."""
+        *skips, h = self._torso_outputs(x, emb, encoder_out)
         for block in self.output_blocks:
-            h = block(th.cat([h, skips.pop()], dim=1), emb)
+            h = block(th.cat([h, skips.pop()], dim=1), emb, encoder_out)
         return self.out(h.type(x.dtype))
 
 

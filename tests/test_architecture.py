@@ -1,5 +1,6 @@
-"""docs/architecture.md's layer table is the import rule: every package module sits in exactly one layer,
-and imports modules of its own layer or of the layers below it only; evaluations/ imports none of them."""
+"""docs/architecture.md's layer table is the import rule: every package module (and every subpackage, listed
+as `name/`) sits in exactly one layer, and imports modules of its own layer or of the layers below it only;
+evaluations/ imports none of them."""
 
 import ast
 import re
@@ -12,14 +13,25 @@ PACKAGE = "guided_diffusion"
 def layers_on_the_page():
     """[(layer name, {module names})] from the page's table, top layer first (scripts: "scripts/*")."""
     rows = re.findall(r"^\| ([a-z ]+) \| (`.*?) \|", (REPO / "docs" / "architecture.md").read_text(), re.M)
-    return [(name, {m.removesuffix(".py") for m in re.findall(r"`([^`]+)`", cell)}) for name, cell in rows]
+    return [(name, {m.removesuffix(".py").removesuffix("/") for m in re.findall(r"`([^`]+)`", cell)})
+            for name, cell in rows]
 
 
-def package_imports(source):
-    """Names of the guided_diffusion modules Python source imports (at any depth of its code)."""
+def package_units():
+    """{name: [files]}: each module of the package, and each subpackage with all its files."""
+    units = {p.stem: [p] for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__"}
+    units.update({d.name: sorted(d.glob("*.py")) for d in (REPO / PACKAGE).iterdir() if (d / "__init__.py").exists()})
+    return units
+
+
+def package_imports(source, subpackage=None):
+    """Names of the guided_diffusion modules (or subpackages) Python source imports (at any depth of its code);
+    subpackage: the one the source belongs to, which its own relative imports (level 1) name."""
     found = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
+        if isinstance(node, ast.ImportFrom) and subpackage and node.level == 1:
+            found.add(subpackage)
+        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
             parts = (node.module or "").split(".")
             parts = parts[1:] if parts[0] == PACKAGE else parts  # "guided_diffusion[.x]" -> [] or ["x"]
             found |= {parts[0]} if parts and parts[0] else {alias.name for alias in node.names}
@@ -30,21 +42,21 @@ def package_imports(source):
 
 def test_every_module_is_in_exactly_one_layer():
     listed = [m for _, modules in layers_on_the_page() for m in modules if m != "scripts/*"]
-    modules = sorted(p.stem for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__")
-    assert sorted(listed) == modules, "add new modules to the table in docs/architecture.md (once)"
+    assert sorted(listed) == sorted(package_units()), "add new modules to the table in docs/architecture.md (once)"
 
 
 def test_modules_import_only_their_own_layer_and_the_layers_below():
     layers = layers_on_the_page()
     assert layers[0] == ("scripts", {"scripts/*"})
     depth = {m: i for i, (_, modules) in enumerate(layers) for m in modules}
-    files = {p.stem: p for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__"}
-    files.update({f"scripts/{p.stem}": p for p in (REPO / "scripts").glob("*.py")})
+    files = [(name, path, name if len(paths) > 1 or path.parent.name == name else None)
+             for name, paths in package_units().items() for path in paths]
+    files += [("scripts/*", path, None) for path in (REPO / "scripts").glob("*.py")]
     broken = []
-    for name, path in sorted(files.items()):
-        own = depth["scripts/*"] if name.startswith("scripts/") else depth[name]
-        broken += [f"{name} ({layers[own][0]}) imports {m} ({layers[depth[m]][0]})"
-                   for m in sorted(package_imports(path.read_text())) if depth[m] < own]
+    for name, path, subpackage in sorted(files):
+        own = depth[name]
+        broken += [f"{path.name} of {name} ({layers[own][0]}) imports {m} ({layers[depth[m]][0]})"
+                   for m in sorted(package_imports(path.read_text(), subpackage)) if depth[m] < own]
     assert not broken
 
 

@@ -1,0 +1,1 @@
+"""Text conditioning: GLIDE's tokenizer and text-conditional UNet, captions."""
