@@ -128,7 +128,7 @@ def build_text_unet(config, learn_sigma=True):
         **options, channel_mult=channel_mult, text_ctx=config.text_ctx, xf_width=config.xf_width,
         xf_layers=config.xf_layers, xf_heads=config.xf_heads, xf_final_ln=config.xf_final_ln,
         xf_padding=config.xf_padding, n_vocab=tokenizer.n_vocab, inpaint=config.inpaint, super_res=config.super_res,
-        cache_text_emb=config.cache_text_emb, tokenizer=tokenizer,
+        cache_text_emb=config.cache_text_emb, caption_dropout_prob=config.caption_dropout_prob, tokenizer=tokenizer,
     )  # fmt: skip
 
 

@@ -137,6 +137,8 @@ class TextModelConfig(UNetConfig):
     super_res: bool = flag(False, "super-resolution model: a low-resolution image is an extra input")
     cache_text_emb: bool = flag(False, "keep a caption's encoding across the steps of a sampling run",
                                 free_on_resume=True)
+    caption_dropout_prob: float = flag(0.0, "train the empty caption with this probability (mask all False: "
+                                       "the unconditional branch of --guidance_scale)", free_on_resume=True)
 
 
 @dataclass

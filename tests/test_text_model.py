@@ -18,6 +18,12 @@ TINY = dict(glide.model_and_diffusion_defaults(), image_size=16, num_channels=32
             xf_heads=2, use_fp16=False, diffusion_steps=20, timestep_respacing="5")
 
 
+def built(**changes):
+    """The TextUNet of TINY's model options (with flags the GLIDE face does not take), in eval mode."""
+    options = {k: v for k, v in TINY.items() if k not in ("diffusion_steps", "noise_schedule", "timestep_respacing")}
+    return build_text_unet(TextModelConfig(**{**options, **changes})).eval()
+
+
 def tiny(**changes):
     model, diffusion = glide.create_model_and_diffusion(**dict(TINY, **changes))
     generator = th.Generator().manual_seed(0)
@@ -57,8 +63,7 @@ def test_the_new_attention_order_is_refused_with_text():
 
 def test_fused_attention_gives_the_same_outputs():
     math_model, _ = tiny()
-    model_options = {k: v for k, v in TINY.items() if k not in ("diffusion_steps", "noise_schedule", "timestep_respacing")}
-    sdpa_model = build_text_unet(TextModelConfig(**model_options, attention_impl="sdpa")).eval()
+    sdpa_model = built(attention_impl="sdpa")
     sdpa_model.load_state_dict(math_model.state_dict())
     x, t = th.randn(2, 3, 16, 16, generator=th.Generator().manual_seed(1)), th.tensor([2, 17])
     kwargs = captions(math_model, ["a red bag", ""])
@@ -123,3 +128,23 @@ def test_guidance_scale_1_is_plain_conditional_sampling_and_the_empty_caption_is
     th.testing.assert_close(run(ClassifierFreeGuidance(0.0, unconditional=unconditional), sampler="ddim"),
                             run((), empty_batch, sampler="ddim"), rtol=0, atol=1e-5)
     assert (run(ClassifierFreeGuidance(3.0, unconditional=unconditional)) - plain).abs().max() > 1e-3
+
+
+def test_caption_dropout_trains_the_empty_caption():
+    model, _ = tiny()
+    dropped = built(caption_dropout_prob=0.5)
+    dropped.load_state_dict(model.state_dict())
+    x, t = th.randn(64, 3, 16, 16, generator=th.Generator().manual_seed(4)), th.full((64,), 7)
+    kwargs = captions(model, ["a red sandal on a blue background"] * 64)
+    empty = {k: v.expand(64, -1) for k, v in captions(model, [""]).items()}
+    with th.no_grad():
+        th.manual_seed(0)
+        out = dropped.train()(x, t, **kwargs)
+        conditional, unconditional = model(x, t, **kwargs), model(x, t, **empty)
+    as_empty = ((out - unconditional).flatten(1).abs().amax(1) < 1e-5)
+    as_caption = ((out - conditional).flatten(1).abs().amax(1) < 1e-5)
+    assert bool((as_empty ^ as_caption).all()) and 16 < int(as_empty.sum()) < 48  # each row one or the other
+    with th.no_grad():
+        th.testing.assert_close(dropped.eval()(x, t, **kwargs), conditional)  # no dropout when sampling
+    with pytest.raises(ValueError, match="xf_padding"):
+        built(xf_padding=False, caption_dropout_prob=0.1)

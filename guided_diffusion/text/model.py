@@ -112,6 +112,7 @@ class TextUNet(UNetModel):
         inpaint=False,                  # known image and mask as extra input channels
         super_res=False,                # a low-resolution image as extra input channels
         cache_text_emb=False,           # keep the caption's encoding across calls (sampling; see del_cache)
+        caption_dropout_prob=0.0,       # in training, drop the caption (mask all False) with this probability
         tokenizer=None,                 # the tokenizer, kept as .tokenizer (GLIDE's notebooks read it)
         **unet_options,                 # UNetModel's (no classes)
     ):
@@ -128,6 +129,11 @@ class TextUNet(UNetModel):
         self.token_embedding = nn.Embedding(n_vocab, xf_width)
         self.transformer_proj = nn.Linear(xf_width, 4 * self.model_channels)
         self.cache_text_emb, self.cache = cache_text_emb, None
+        if not 0 <= caption_dropout_prob < 1:
+            raise ValueError(f"caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
+        if caption_dropout_prob and not xf_padding:
+            raise ValueError("caption dropout trains the empty caption (all padding): it needs xf_padding")
+        self.caption_dropout_prob = caption_dropout_prob
         if self.dtype == th.float16:
             self.convert_to_fp16()
 
@@ -184,6 +190,9 @@ class TextUNet(UNetModel):
             if low_res is None:
                 raise ValueError("a super-resolution text model needs low_res=[N, C, h, w]")
             inputs.append(F.interpolate(low_res, x.shape[2:], mode="bilinear", align_corners=False))
+        if self.training and self.caption_dropout_prob:
+            kept = th.rand(tokens.shape[:1], device=tokens.device) >= self.caption_dropout_prob
+            mask = mask & kept[:, None]
         text = self.encode_text(tokens, mask)
         emb = self._embed(timesteps)
         emb = emb + text["xf_proj"].to(emb)
