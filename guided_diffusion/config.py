@@ -71,6 +71,13 @@ class DiffusionConfig:
 
 
 @dataclass
+class TextDiffusionConfig(DiffusionConfig):
+    """The diffusion of a text-conditional model: GLIDE's models always learn sigma (the hybrid loss)."""
+
+    learn_sigma: bool = flag(True, "the model also outputs its variance (a second set of output channels)")
+
+
+@dataclass
 class UNetConfig:
     """What the diffusion UNet and the super-resolution UNet share."""
 
@@ -271,6 +278,18 @@ class SuperResSampleConfig(SampleConfig):
     """super_res_sample: the low-resolution images to upsample."""
 
     base_samples: str = flag("", "npz of low-resolution samples (as image_sample writes) to upsample")
+
+
+@dataclass
+class TextSampleConfig(FreeGuidanceConfig, SampleConfig):
+    """text_sample: the prompts (--prompt TEXT, repeatable, is text_sample.py's own flag) and GLIDE's
+    optional upsampling stage."""
+
+    prompts_file: str = flag("", "UTF-8 text file of prompts, one a line (blank lines skipped); instead of --prompt")
+    upsample_model_path: str = flag("", "a super-resolution text model (its train_config.json beside it) that "
+                                    "upsamples every sample, DDIM eta 0 on --upsample_respacing (\"\": none)")
+    upsample_respacing: str = flag("fast27", "the upsampler's steps (its own diffusion's respacing)")
+    upsample_temp: float = flag(0.997, "the upsampler's starting noise is scaled by this (GLIDE's 0.997)")
 
 
 @dataclass

@@ -4,6 +4,8 @@ Files: .jpg/.jpeg/.png/.gif anywhere under data_dir; the class of a file is its 
 (labels are indices into the sorted class names). Each rank reads its own shard of the sorted file list.
 The stream is resumable: `state_dict()` records the position (epoch, batch), and random crops/flips are
 drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run sees the same batches.
+Captioned folders (text models): `<stem>.txt` beside each image, one caption per line; each time an image
+is drawn, one of its lines is too, from that same generator.
 """
 
 import atexit
@@ -19,6 +21,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import dist_util, logger
+from .errors import UsageError
+from .text.tokenizer import get_encoder, tokens_and_mask
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 PIL_MODES = {1: "L", 3: "RGB"}  # image_channels -> the PIL mode images are converted to
@@ -48,6 +52,46 @@ def _list_recursively(data_dir):
     return results
 
 
+def caption_file(image_path):
+    """The caption file of an image: `<stem>.txt` beside it."""
+    return image_path.rsplit(".", 1)[0] + ".txt"
+
+
+def read_captions(files):
+    """The captions of each image file, [(line, ...)] in file order: the non-blank lines of its `<stem>.txt`
+    (UTF-8), stripped. Every file is read here, so bad captions stop a run before it starts: an image without
+    a caption file, a file with no caption, or one that is not UTF-8 is a UsageError naming the file."""
+    captions = []
+    for path in files:
+        text_path = caption_file(path)
+        if not bf.exists(text_path):
+            if not any(bf.exists(caption_file(p)) for p in files):
+                raise UsageError(f"no caption files: none of the {len(files)} images has a <stem>.txt beside it "
+                                 f"(e.g. {text_path!r}); use scripts/image_train.py for a folder of images without "
+                                 "captions")
+            raise UsageError(f"{path!r} has no caption file: write its captions, one per line, to {text_path!r} (or "
+                             "move the image out of the folder)")
+        with bf.BlobFile(text_path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{text_path!r} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}): save "
+                             "the captions as UTF-8") from None
+        lines = tuple(line.strip() for line in text.splitlines() if line.strip())
+        if not lines:
+            raise UsageError(f"{text_path!r} holds no caption (it is empty or blank): write one caption per line")
+        captions.append(lines)
+    return captions
+
+
+def count_truncated(captions, text_ctx):
+    """(how many of the captions [(line, ...)] have more than text_ctx tokens, how many there are)."""
+    tokenizer = get_encoder()
+    lengths = [len(tokenizer.encode(line)) for lines in captions for line in lines]
+    return sum(length > text_ctx for length in lengths), len(lengths)
+
+
 def class_name_of(path):
     """The class of an image file: its base name up to the first "_"."""
     return bf.basename(path).split("_")[0]
@@ -59,7 +103,7 @@ def class_names_of(files):
 
 
 def load_data(*, data_dir, batch_size, image_size, class_cond=False, deterministic=False,
-              random_crop=False, random_flip=True, seed=0, num_workers=1, image_channels=3):
+              random_crop=False, random_flip=True, seed=0, num_workers=1, image_channels=3, text_ctx=None):
     """An endless iterator of (images [N, C, image_size, image_size] float32 in [-1, 1], {"y": labels [N]}).
 
     data_dir:      folder of images (searched recursively).
@@ -72,6 +116,9 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
     seed:          seeds the shuffles and augmentations (together with rank, epoch and index).
     num_workers:   decoding processes (0: decode in this process).
     image_channels: C = 3 (RGB, as released) or 1 (greyscale: PIL's "L" conversion of every file).
+    text_ctx:      captioned data (see read_captions): the dict holds "tokens" [N, text_ctx] int64 and "mask"
+                   [N, text_ctx] bool of one caption line per image (tokens_and_mask), drawn with the crop's
+                   generator; one warning says how many captions are longer and cut. None: no captions.
     Unreadable files are skipped and each is reported once (logger.warn, so also in log.txt).
     The iterator has `class_names`, `skipped_files`, `state_dict()` and `load_state_dict()`.
     """
@@ -87,8 +134,16 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
                          f"images")
     index = {name: i for i, name in enumerate(class_names)}
     labels = [index[class_name_of(p)] for p in shard] if class_cond else None
+    captions = None
+    if text_ctx is not None:
+        captions = read_captions(files)
+        truncated, total = count_truncated(captions, text_ctx)
+        if truncated:
+            logger.warn(f"{truncated} of the {total} captions under {data_dir!r} have more than text_ctx {text_ctx} "
+                        f"tokens: each is cut to its first {text_ctx} (shorten them to keep them whole)")
+        captions = captions[rank::world]
     dataset = ImageDataset(image_size, shard, labels, random_crop, random_flip, seed=(seed, rank),
-                           mode=PIL_MODES[image_channels])
+                           mode=PIL_MODES[image_channels], captions=captions, text_ctx=text_ctx)
     return ImageStream(dataset, batch_size, shuffle=not deterministic, seed=(seed, rank),
                        num_workers=num_workers, class_names=class_names)
 
@@ -96,16 +151,18 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
 class ImageDataset(Dataset):
     """Decodes, crops and flips one image; indexed by (epoch, index) so augmentations are reproducible.
 
-    An item is (image [C, H, W] float32, {"y": label} or {}, ((path, reason), ...) of the unreadable files
-    replaced by the next readable one of the shard); only a shard with no readable image raises.
+    An item is (image [C, H, W] float32, {"y": label} and/or {"tokens": [text_ctx] int64, "mask": [text_ctx]
+    bool} or {}, ((path, reason), ...) of the unreadable files replaced by the next readable one of the shard);
+    only a shard with no readable image raises.
     mode: the PIL mode images are converted to ("RGB": C = 3, "L": C = 1).
+    captions: per image, its caption lines (read_captions); one is drawn after the crop and flip.
     """
 
     def __init__(self, resolution, image_paths, classes=None, random_crop=False, random_flip=True,
-                 seed=(0,), mode="RGB"):
+                 seed=(0,), mode="RGB", captions=None, text_ctx=None):
         self.resolution, self.paths, self.classes = resolution, image_paths, classes
         self.random_crop, self.random_flip, self.seed = random_crop, random_flip, tuple(seed)
-        self.mode = mode
+        self.mode, self.captions, self.text_ctx = mode, captions, text_ctx
 
     def __len__(self):
         return len(self.paths)
@@ -133,6 +190,10 @@ class ImageDataset(Dataset):
             arr = arr[:, ::-1]
         arr = arr.reshape(*arr.shape[:2], -1).astype(np.float32) / 127.5 - 1  # [H, W, C], also for "L"
         out = {} if self.classes is None else {"y": np.int64(self.classes[i])}
+        if self.captions is not None:
+            lines = self.captions[i]
+            tokens, mask, _ = tokens_and_mask([lines[rng.integers(len(lines))]], self.text_ctx)
+            out.update(tokens=tokens[0].numpy(), mask=mask[0].numpy())
         return np.transpose(arr, [2, 0, 1]), out
 
 

@@ -143,7 +143,8 @@ def _progress_bar(total):
 
 def sample_and_save(sample_batch, config, sample_shape, device, with_labels):
     """The sampling scripts' ending: draw config.num_samples images (a SampleConfig) with sample_all,
-    write them on rank 0 with save_samples in the log dir, and wait for every rank."""
+    write them on rank 0 with save_samples in the log dir, and wait for every rank. Returns the images
+    (uint8 [N, H, W, 3]) on rank 0, None on the other ranks."""
     seed = resolve_seed(config.seed)
     logger.log(f"sampling {config.num_samples} images with --seed {seed}...")
     images, labels = sample_all(sample_batch, config.num_samples, config.batch_size, seed, sample_shape, device,
@@ -153,3 +154,4 @@ def sample_and_save(sample_batch, config, sample_shape, device, with_labels):
     if dist.is_initialized():
         dist.barrier()
     logger.log("sampling complete")
+    return images

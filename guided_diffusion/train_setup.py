@@ -11,18 +11,22 @@ from .run_flags import start_run
 from .train_util import TrainLoop, seed_all
 
 
-def start_training(parser, config_classes, argv=None):
+def start_training(parser, config_classes, argv=None, check_data=None):
     """run_flags.start_run (the model flags of --resume_checkpoint / --init_checkpoint from their runs), with
     the log dir locked for this run before anything is written there (run_lock: rank 0 takes the lock; if
-    another run holds it every rank stops with LogDirInUse), then the seeds. Returns one instance per
-    config class, the last a LoopConfig."""
-    configs = start_run(parser, config_classes, argv, before_writing=_lock_log_dir)
+    another run holds it every rank stops with LogDirInUse), then the seeds. check_data(configs): checks of
+    the data that raise before the lock, so a bad folder stops the run with nothing written. Returns one
+    instance per config class, the last a LoopConfig."""
+    configs = start_run(parser, config_classes, argv, before_writing=functools.partial(_check_then_lock, check_data))
     seed_all(configs[-1].seed)
     return configs
 
 
-def _lock_log_dir(configs, log_dir):
-    """Lock log_dir for this run on rank 0 (every rank learns the outcome); returns the lock's warnings."""
+def _check_then_lock(check_data, configs, log_dir):
+    """check_data(configs) unless None, then lock log_dir for this run on rank 0 (every rank learns the
+    outcome); returns the lock's warnings."""
+    if check_data is not None:
+        check_data(configs)
     return dist_util.on_rank0(functools.partial(run_lock.acquire, log_dir))
 
 

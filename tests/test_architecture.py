@@ -1,6 +1,6 @@
-"""docs/architecture.md's layer table is the import rule: every package module (and every subpackage, listed
-as `name/`) sits in exactly one layer, and imports modules of its own layer or of the layers below it only;
-evaluations/ imports none of them."""
+"""docs/architecture.md's layer table is the import rule: every package module (a subpackage's modules listed
+as `text/model.py`) sits in exactly one layer, and imports modules of its own layer or of the layers below it
+only; evaluations/ imports none of them."""
 
 import ast
 import re
@@ -13,50 +13,57 @@ PACKAGE = "guided_diffusion"
 def layers_on_the_page():
     """[(layer name, {module names})] from the page's table, top layer first (scripts: "scripts/*")."""
     rows = re.findall(r"^\| ([a-z ]+) \| (`.*?) \|", (REPO / "docs" / "architecture.md").read_text(), re.M)
-    return [(name, {m.removesuffix(".py").removesuffix("/") for m in re.findall(r"`([^`]+)`", cell)})
-            for name, cell in rows]
+    return [(name, {m.removesuffix(".py") for m in re.findall(r"`([^`]+)`", cell)}) for name, cell in rows]
 
 
-def package_units():
-    """{name: [files]}: each module of the package, and each subpackage with all its files."""
-    units = {p.stem: [p] for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__"}
-    units.update({d.name: sorted(d.glob("*.py")) for d in (REPO / PACKAGE).iterdir() if (d / "__init__.py").exists()})
-    return units
+def package_modules():
+    """{name: path} of every module of the package: "unet", and "text/model" for a subpackage's."""
+    root = REPO / PACKAGE
+    return {str(p.relative_to(root).with_suffix("")): p for p in root.rglob("*.py") if p.stem != "__init__"}
 
 
-def package_imports(source, subpackage=None):
-    """Names of the guided_diffusion modules (or subpackages) Python source imports (at any depth of its code);
-    subpackage: the one the source belongs to, which its own relative imports (level 1) name."""
+def module_name(parts):
+    """The package module that dotted parts below guided_diffusion name (["text", "model", "X"] -> "text/model")."""
+    parts = [part for part in parts if part]
+    return "/".join(parts[:2]) if (REPO / PACKAGE / parts[0]).is_dir() else parts[0]
+
+
+def package_imports(source, within=()):
+    """Names of the guided_diffusion modules Python source imports (at any depth of its code); within: the
+    subpackage path of the source's module (("text",) for text/model.py), where relative imports start."""
     found = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and subpackage and node.level == 1:
-            found.add(subpackage)
-        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
+            base = list(within)[:len(within) - node.level + 1] if node.level else []
             parts = (node.module or "").split(".")
-            parts = parts[1:] if parts[0] == PACKAGE else parts  # "guided_diffusion[.x]" -> [] or ["x"]
-            found |= {parts[0]} if parts and parts[0] else {alias.name for alias in node.names}
+            parts = base + (parts[1:] if parts[0] == PACKAGE else parts)
+            parts = [part for part in parts if part]
+            if not parts or (REPO / PACKAGE / Path(*parts)).is_dir():  # "from <package> import <modules>"
+                found |= {module_name(parts + [alias.name]) for alias in node.names}
+            else:
+                found.add(module_name(parts))
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith(PACKAGE + ".")}
+            found |= {module_name(alias.name.split(".")[1:]) for alias in node.names
+                      if alias.name.startswith(PACKAGE + ".")}
     return found
 
 
 def test_every_module_is_in_exactly_one_layer():
     listed = [m for _, modules in layers_on_the_page() for m in modules if m != "scripts/*"]
-    assert sorted(listed) == sorted(package_units()), "add new modules to the table in docs/architecture.md (once)"
+    assert sorted(listed) == sorted(package_modules()), "add new modules to the table in docs/architecture.md (once)"
 
 
 def test_modules_import_only_their_own_layer_and_the_layers_below():
     layers = layers_on_the_page()
     assert layers[0] == ("scripts", {"scripts/*"})
     depth = {m: i for i, (_, modules) in enumerate(layers) for m in modules}
-    files = [(name, path, name if len(paths) > 1 or path.parent.name == name else None)
-             for name, paths in package_units().items() for path in paths]
-    files += [("scripts/*", path, None) for path in (REPO / "scripts").glob("*.py")]
+    files = [(name, path, tuple(name.split("/")[:-1])) for name, path in package_modules().items()]
+    files += [("scripts/*", path, ()) for path in (REPO / "scripts").glob("*.py")]
     broken = []
-    for name, path, subpackage in sorted(files):
+    for name, path, within in sorted(files):
         own = depth[name]
-        broken += [f"{path.name} of {name} ({layers[own][0]}) imports {m} ({layers[depth[m]][0]})"
-                   for m in sorted(package_imports(path.read_text(), subpackage)) if depth[m] < own]
+        broken += [f"{name} ({layers[own][0]}) imports {m} ({layers[depth[m]][0]})"
+                   for m in sorted(package_imports(path.read_text(), within)) if depth[m] < own]
     assert not broken
 
 
@@ -72,3 +79,12 @@ def test_the_import_reader_sees_every_form():
               "import guided_diffusion.unet as unet\ndef f():\n    from .cli import parse_configs\n"
               "import os\nfrom torch import nn\n")
     assert package_imports(source) == {"dist_util", "logger", "checkpoint", "config", "build", "unet", "cli"}
+
+
+def test_the_import_reader_resolves_subpackage_modules():
+    inside = ("from .tokenizer import get_encoder\nfrom ..unet import UNetModel\nfrom ..text import prompts\n"
+              "from .. import nn\n")
+    assert package_imports(inside, ("text",)) == {"text/tokenizer", "unet", "text/prompts", "nn"}
+    outside = ("from .text.model import TextUNet\nfrom guided_diffusion.text import tokenizer\n"
+               "import guided_diffusion.text.model\n")
+    assert package_imports(outside) == {"text/model", "text/tokenizer"}

@@ -52,7 +52,8 @@ def test_text_encoding_and_output_match_glide(name):
     tokens, mask = th.from_numpy(data["tokens"]), th.from_numpy(data["mask"])
     kwargs = dict(tokens=tokens, mask=mask)
     if options["inpaint"]:
-        kwargs.update(inpaint_image=th.from_numpy(data["inpaint_image"]), inpaint_mask=th.from_numpy(data["inpaint_mask"]))
+        kwargs.update(inpaint_image=th.from_numpy(data["inpaint_image"]),
+                      inpaint_mask=th.from_numpy(data["inpaint_mask"]))
     if options["super_res"]:
         kwargs["low_res"] = th.from_numpy(data["low_res"])
     x, t = th.from_numpy(data["x"]), th.from_numpy(data["t"])
@@ -101,7 +102,8 @@ def test_classifier_free_guided_ddpm_loop_matches_glides_notebook():
 
 
 def test_fast27_is_glides():
-    assert sorted(glide.create_gaussian_diffusion(1000, "linear", "fast27").timestep_map) == pinned("sampling")["meta"]["fast27"]
+    kept = glide.create_gaussian_diffusion(1000, "linear", "fast27").timestep_map
+    assert sorted(kept) == pinned("sampling")["meta"]["fast27"]
 
 
 @pytest.mark.parametrize("name", list(RELEASED))

@@ -1,0 +1,99 @@
+"""
+Sample a text-conditional model (GLIDE's) by prompt: sample i draws prompt i % P of the P prompts, so the
+same --seed and prompts give the same images whatever the batch size or the number of ranks. Writes to the
+log dir samples_{N}x{H}x{W}x3.npz (arr_0 uint8, no labels) with samples_grid.png, prompts.txt (line i:
+sample i's prompt) and prompts_grid.png (one row per prompt, the prompt under it).
+
+    mpiexec -n 8 python scripts/text_sample.py --model_path run/ema_0.9999_100000.pt \\
+        --prompt "a red dress" --prompt "a blue shirt" --guidance_scale 3 \\
+        --sampler dpm++2m --timestep_respacing 25 --num_samples 64 --batch_size 16 --seed 0
+
+--prompt TEXT is repeatable (text_sample.py's own flag: the typed config has no list flags); or pass
+--prompts_file FILE. --guidance_scale W > 1 is classifier-free guidance with the empty caption as the
+unconditional branch. --upsample_model_path adds GLIDE's second stage (a --super_res True text model).
+"""
+
+import argparse
+import os
+import sys
+
+from guided_diffusion import dist_util, logger, sampling
+from guided_diffusion.build import build_diffusion, build_text_unet
+from guided_diffusion.cli import config_parser
+from guided_diffusion.config import DiffusionConfig, TextModelConfig, TextSampleConfig
+from guided_diffusion.errors import UsageError, run
+from guided_diffusion.text import prompts as text_prompts
+
+CONFIGS = (TextModelConfig, DiffusionConfig, TextSampleConfig)
+PROMPT_HELP = 'a caption to sample; repeat the flag for more prompts (default: none, then --prompts_file)'
+
+
+def create_argparser():
+    parser = config_parser(__doc__, *CONFIGS)
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", help=PROMPT_HELP)
+    return parser
+
+
+def split_prompts(argv):
+    """(the --prompt values in order, the rest of argv for the typed configs)."""
+    prompt_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prompt_parser.add_argument("--prompt", action="append", default=[])
+    known, rest = prompt_parser.parse_known_args(argv)
+    return known.prompt, rest
+
+
+def check_models(model_config, run):
+    """Refuse a base model that is not one (a super-resolution or inpainting text model)."""
+    if model_config.super_res:
+        raise UsageError(f"--model_path {run.model_path} holds a super-resolution text model: pass it as "
+                         "--upsample_model_path, with a base model as --model_path")
+    if model_config.inpaint:
+        raise UsageError(f"--model_path {run.model_path} holds an inpainting text model: sample it with "
+                         "image_edit.py, or pass a base text model")
+
+
+def main(argv=None):
+    prompt_flags, argv = split_prompts(sys.argv[1:] if argv is None else argv)
+
+    def check(configs, log_dir):
+        model_config, _, run = configs
+        check_models(model_config, run)
+        if run.upsample_model_path:
+            text_prompts.upsampler_configs(run.upsample_model_path, run.upsample_respacing)
+        return text_prompts.PromptTokens(text_prompts.read_prompts(prompt_flags, run.prompts_file),
+                                         model_config.text_ctx).warnings
+
+    model_config, diffusion_config, run = sampling.start_sampling(create_argparser(), CONFIGS, argv, check)
+    device = dist_util.dev()
+    prompts = text_prompts.PromptTokens(text_prompts.read_prompts(prompt_flags, run.prompts_file),
+                                        model_config.text_ctx)
+
+    logger.log("creating model and diffusion...")
+    model = build_text_unet(model_config, diffusion_config.learn_sigma)
+    diffusion = build_diffusion(diffusion_config)
+    sampling.load_for_sampling(model, run.model_path, device)
+    guidance = text_prompts.caption_guidance(run.guidance_scale, model_config.text_ctx)
+    sample_shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
+    base_batch = text_prompts.prompt_sampler(diffusion, model, prompts, sample_shape, device, run, guidance)
+    upsampler = None
+    if run.upsample_model_path:
+        logger.log("creating the upsampler...")
+        upsampler = text_prompts.Upsampler(run.upsample_model_path, run.upsample_respacing, run.upsample_temp, device)
+        sample_shape = upsampler.shape
+
+    def sample_batch(batch):
+        x = base_batch(batch)
+        if upsampler is not None:
+            x = upsampler(batch, x, prompts.model_kwargs(batch.indices, device))
+        return x, None
+
+    if dist_util.get_rank() == 0:
+        logger.log(f"prompts of the samples: {text_prompts.save_prompts(logger.get_dir(), prompts, run.num_samples)}")
+    images = sampling.sample_and_save(sample_batch, run, sample_shape, device, with_labels=False)
+    if images is not None:
+        grid = text_prompts.save_prompt_grid(images, prompts, os.path.join(logger.get_dir(), "prompts_grid.png"))
+        logger.log(f"one row per prompt: {grid}")
+
+
+if __name__ == "__main__":
+    run(main)
