@@ -29,9 +29,10 @@ SAMPLE = dict(timestep_respacing=5, num_samples=5, seed=1)
 
 def tiny_text_model(**changes):
     """(TextUNet, its configs) with random weights everywhere (the zero-initialised output layers too), so
-    that the caption changes the output."""
+    that the caption changes the output; the same weights in any test order."""
     model_config = TextModelConfig(**dict(TINY_TEXT, **changes))
     diffusion_config = DiffusionConfig(**TINY_DIFFUSION)
+    th.manual_seed(0)  # the same initialisation whatever ran before
     model = build_text_unet(model_config, diffusion_config.learn_sigma)
     gen = th.Generator().manual_seed(0)
     with th.no_grad():
@@ -208,4 +209,5 @@ def test_classifier_free_guidance_at_scale_1_is_conditional_sampling():
     config = SampleConfig(progress=False)
     plain, guided = (text_prompts.prompt_sampler(diffusion, model, prompts, (3, 16, 16), "cpu", config, guidance)(
         SeededBatch(0, range(3))) for guidance in ((), (ClassifierFreeGuidance(1.0, unconditional=empty_caption()),)))
-    assert th.allclose(plain, guided, atol=1e-4)  # round-off: eps goes through the guide's score shift
+    # equal up to float round-off (the doubled batch, the guide's score shift), tests/test_seeds.py's rule
+    assert (plain - guided).abs().max() < 1e-3
