@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="ADM / ADM-G (Diffusion Models Beat GANs on Image Synthesis) in PyTorch: models, training, "
     "sampling and TensorFlow-free evaluation",
-    packages=["guided_diffusion", "guided_diffusion.text", "evaluations"],
+    packages=["guided_diffusion", "guided_diffusion.editing", "guided_diffusion.text", "evaluations"],
     package_data={"guided_diffusion.text": ["gpt2_bpe/*.gz", "gpt2_bpe/README.md"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "tqdm", "blobfile", "safetensors", "tiktoken"],

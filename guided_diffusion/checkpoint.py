@@ -18,8 +18,8 @@ from . import dist_util
 from .errors import UsageError
 
 EXPECTED_FILE = (
-    "a model state dict saved by training or released with the paper (modelNNNNNN.pt, "
-    "ema_RATE_NNNNNN.pt, or e.g. 256x256_diffusion.pt), or a .safetensors file of one"
+    "a model state dict saved by training or released (modelNNNNNN.pt, ema_RATE_NNNNNN.pt, or e.g. "
+    "256x256_diffusion.pt, GLIDE's base.pt), or a .safetensors file of one"
 )
 
 

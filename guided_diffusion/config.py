@@ -142,6 +142,8 @@ class TextModelConfig(UNetConfig):
                             "all padding: the unconditional branch)")
     inpaint: bool = flag(False, "inpainting model: the known image and its mask are extra input channels")
     super_res: bool = flag(False, "super-resolution model: a low-resolution image is an extra input")
+    small_size: int = flag(64, "super_res: size of the low-resolution input images in pixels (text_train.py "
+                           "area-downsamples each image to it; it must divide --image_size)")
     cache_text_emb: bool = flag(False, "keep a caption's encoding across the steps of a sampling run",
                                 free_on_resume=True)
     caption_dropout_prob: float = flag(0.0, "train the empty caption with this probability (mask all False: "
@@ -253,8 +255,9 @@ class EditConfig(ClassifierGuidanceConfig, FreeGuidanceConfig, SampleConfig):
         "inpaint", "inpaint, super_res (average-pool factor), deblur (Gaussian blur), sdedit (noise to a strength, "
         "sample back) or reconstruct (DDIM inversion, then DDIM sampling)"
     )
-    method: Literal["dps", "repaint"] = flag("dps", "dps (any task with a forward model, any --sampler) or repaint "
-                                             "(inpaint only, DDPM steps)")
+    method: Literal["dps", "repaint", "glide"] = flag(
+        "dps", "dps (any task with a forward model, any --sampler), repaint (inpaint only, DDPM steps) or glide "
+        "(inpaint with an inpainting text model, any --sampler: the known pixels as its input and in every x_0)")
     mask: str = flag("box", "inpaint: the hole: box (the centred half-size square), box:SIDE, "
                      "box:TOP,LEFT,HEIGHT,WIDTH, half:left|right|top|bottom, random:FRACTION (drawn with --seed, 0 for -1), "
                      "or a PNG (white = known)")
@@ -271,6 +274,8 @@ class EditConfig(ClassifierGuidanceConfig, FreeGuidanceConfig, SampleConfig):
                      "through the model guides every step (e.g. a clean classifier's -log p(y | x0))")
     loss_scale: float = flag(1.0, "scale of --loss's gradient")
     ref_batch: str = flag("", "reference batch npz for the outputs' FID in metrics.json (\"\": no FID)")
+    prompts_file: str = flag("", "a text model: UTF-8 file of prompts, one a line (blank lines skipped); input i is "
+                             "edited toward prompt i % P; instead of --prompt")
 
 
 @dataclass
@@ -286,7 +291,7 @@ class TextSampleConfig(FreeGuidanceConfig, SampleConfig):
     optional upsampling stage."""
 
     prompts_file: str = flag("", "UTF-8 text file of prompts, one a line (blank lines skipped); instead of --prompt")
-    upsample_model_path: str = flag("", "a super-resolution text model (its train_config.json beside it) that "
+    upsample_model_path: str = flag("", "a super-resolution text model (its train_config.json beside it, or GLIDE's upsample.pt) that "
                                     "upsamples every sample, DDIM eta 0 on --upsample_respacing (\"\": none)")
     upsample_respacing: str = flag("fast27", "the upsampler's steps (its own diffusion's respacing)")
     upsample_temp: float = flag(0.997, "the upsampler's starting noise is scaled by this (GLIDE's 0.997)")
@@ -333,6 +338,16 @@ class TrainConfig(LoopConfig):
     fp16_scale_growth: float = flag(1e-3, "log2 growth of the fp16 loss scale per good step")
     max_steps: int = flag(0, "stop after this many completed steps (0: never)")
     ema_warmup: bool = flag(False, "EMA rate min(rate, (1 + n) / (10 + n)) after n updates (for short runs)")
+
+
+@dataclass
+class TextTrainConfig(TrainConfig):
+    """text_train: TrainConfig and the random masks that train an inpainting text model (--inpaint True)."""
+
+    inpaint_unknown_prob: float = flag(0.25, "inpaint: share of the training examples whose whole image is unknown "
+                                       "(mask all 0: text to image, as with no known image)")
+    inpaint_min_area: float = flag(0.1, "inpaint: the least share of an image a random rectangle mask leaves unknown")
+    inpaint_max_area: float = flag(0.75, "inpaint: the most share of an image a random rectangle mask leaves unknown")
 
 
 @dataclass

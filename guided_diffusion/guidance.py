@@ -131,7 +131,7 @@ class MeasurementGuidance(CleanImageGuidance):
     """DPS (Chung et al. 2023) for a measurement y = A(x_0) + n: x_{t-1} = x'_{t-1} - zeta *
     grad_{x_t} ||y - A(x0_hat(x_t))||_2 per sample (the norm itself, not its square, as the authors' code).
 
-    forward: A, a callable x [N, C, H, W] -> y (e.g. an operators.py operator's `A`); measurement: y.
+    forward: A, a callable x [N, C, H, W] -> y (e.g. an editing/operators.py operator's `A`); measurement: y.
     """
 
     def __init__(self, forward, measurement, zeta):

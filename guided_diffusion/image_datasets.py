@@ -6,6 +6,8 @@ The stream is resumable: `state_dict()` records the position (epoch, batch), and
 drawn from a generator seeded by (seed, rank, epoch, index), so a resumed run sees the same batches.
 Captioned folders (text models): `<stem>.txt` beside each image, one caption per line; each time an image
 is drawn, one of its lines is too, from that same generator.
+Wrappers of the stream add a model's extra inputs to each batch: LowResConditioned (super-resolution) and
+InpaintMasked (inpainting, random masks seeded by the batch's position).
 """
 
 import atexit
@@ -332,6 +334,74 @@ class LowResConditioned:
         large_batch, model_kwargs = next(self.data)
         model_kwargs["low_res"] = F.interpolate(large_batch, self.small_size, mode="area")
         return large_batch, model_kwargs
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+
+# The masks' generator: seeded by (seed, rank, epoch, batch, MASK_STREAM); the salt keeps it apart from the
+# crops' generators, seeded by (seed, rank, epoch, index).
+MASK_STREAM = 0x6D61736B
+
+
+def check_mask_distribution(unknown_prob, min_area, max_area):
+    """Refuse (UsageError) random_inpaint_mask's parameters out of their ranges."""
+    if not 0 <= unknown_prob <= 1:
+        raise UsageError(f"--inpaint_unknown_prob {unknown_prob}: a probability, in [0, 1]")
+    if not 0 < min_area <= max_area <= 1:
+        raise UsageError(f"--inpaint_min_area {min_area}, --inpaint_max_area {max_area}: the unknown share of the "
+                         "image needs 0 < min <= max <= 1")
+
+
+def random_inpaint_mask(rng, height, width, unknown_prob=0.25, min_area=0.1, max_area=0.75):
+    """A training mask [height, width] bool, True = known pixel, drawn from the numpy Generator rng:
+
+    - with probability unknown_prob, every pixel unknown (the model is then a text-to-image model);
+    - otherwise a share a ~ U[min_area, max_area] of the image is unknown: one axis-aligned rectangle of
+      that area (inpainting), or, half the time, everything but a rectangle of area 1 - a (outpainting).
+      The rectangle's height / width ratio is log-uniform in [1/4, 4] (a side longer than the image is cut
+      to it, the other lengthened to keep the area), its position uniform.
+    """
+    if rng.random() < unknown_prob:
+        return np.zeros((height, width), dtype=bool)
+    unknown = rng.uniform(min_area, max_area)
+    outpaint = rng.random() < 0.5
+    area = 1 - unknown if outpaint else unknown
+    ratio = np.exp(rng.uniform(-np.log(4), np.log(4)))
+    rect_h, rect_w = np.sqrt(area * ratio), np.sqrt(area / ratio)  # shares of the sides
+    if rect_h > 1:
+        rect_h = 1.0
+    elif rect_w > 1:
+        rect_h = area
+    rows = int(np.clip(round(rect_h * height), 1, height))
+    cols = int(np.clip(round(area * height * width / rows), 1, width))
+    top, left = int(rng.integers(height - rows + 1)), int(rng.integers(width - cols + 1))
+    inside = np.zeros((height, width), dtype=bool)
+    inside[top:top + rows, left:left + cols] = True
+    return inside if outpaint else ~inside
+
+
+class InpaintMasked:
+    """Wraps a load_data stream (or a wrapper of one) and adds model_kwargs["inpaint_mask"] [N, 1, H, W]
+    (1 = known pixel, 0 = erased; random_inpaint_mask's distribution) and model_kwargs["inpaint_image"], the
+    batch times its mask: GLIDE's inpainting fine-tuning. The masks of a batch are drawn from a generator seeded
+    by the stream's seed and the batch's position (epoch, batch), so a resumed run draws the same masks."""
+
+    def __init__(self, data, unknown_prob=0.25, min_area=0.1, max_area=0.75):
+        check_mask_distribution(unknown_prob, min_area, max_area)
+        self.data, self.distribution = data, dict(unknown_prob=unknown_prob, min_area=min_area, max_area=max_area)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        images, model_kwargs = next(self.data)
+        position = self.data.state_dict()  # of the batch just drawn
+        rng = np.random.default_rng(tuple(self.data.seed) + (position["epoch"], position["batch"], MASK_STREAM))
+        masks = [random_inpaint_mask(rng, *images.shape[2:], **self.distribution) for _ in range(len(images))]
+        known = th.from_numpy(np.stack(masks)[:, None]).to(images.dtype)
+        model_kwargs.update(inpaint_image=images * known, inpaint_mask=known)
+        return images, model_kwargs
 
     def __getattr__(self, name):
         return getattr(self.data, name)

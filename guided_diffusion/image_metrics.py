@@ -9,7 +9,7 @@ computed in float64. Each function returns one value per image [N] (reduction="n
 import torch as th
 import torch.nn.functional as F
 
-from .operators import gaussian_kernel
+from .editing.operators import gaussian_kernel
 
 SSIM_WINDOW = 11  # Wang et al. 2004: an 11x11 Gaussian window of standard deviation 1.5
 SSIM_SIGMA = 1.5

@@ -3,7 +3,8 @@ diffusion flags of the run that wrote it, so a command line names the file and n
 
 Where a flag's value comes from, strongest first: the command line, --preset, the checkpoint, the
 default. A checkpoint of this project's training has its run's flags in the train_config.json beside it;
-a released checkpoint is recognised by its keys and shapes (RELEASES) and gets its preset. Inference
+a released checkpoint is recognised by its keys and shapes (RELEASES) and gets its preset, or, for one of
+GLIDE's released text models, the flags of GLIDE's options for it (GLIDE_MODELS). Inference
 flags (respacing, sampler, batch size, guidance, ...) never come from a checkpoint: only the fields of
 the network's config class and of DiffusionConfig do, without --timestep_respacing.
 
@@ -19,7 +20,7 @@ from typing import NamedTuple
 
 import blobfile as bf
 
-from . import dist_util, logger
+from . import dist_util, glide, logger
 from .build import parse_channel_mult
 from .checkpoint import read_state_dict
 from .cli import COMMAND_LINE, DEFAULT, configs_of, parse_flags
@@ -49,7 +50,8 @@ FREE_FLAGS = {f.name for cls in NETWORKS for f in dataclasses.fields(cls) if f.m
 
 
 class Release(NamedTuple):
-    """A checkpoint released with the paper: its file name, preset, network and keys-and-shapes fingerprint."""
+    """A checkpoint released with the paper: its file name, preset, network and keys-and-shapes fingerprint.
+    A GLIDE text model's `preset` is glide-text2im's name for it (a key of GLIDE_MODELS), not a --preset."""
 
     file: str
     preset: str
@@ -78,12 +80,51 @@ RELEASES = (
     Release("128x128_classifier.pt", "classifier128", ClassifierConfig, "c17acfc854018ae9"),
     Release("256x256_classifier.pt", "classifier256", ClassifierConfig, "87107ba385b2f5c6"),
     Release("512x512_classifier.pt", "classifier512", ClassifierConfig, "3fecbef942f48371"),
+    # GLIDE's (glide-text2im), from tests/fixtures/reference/glide/state_dict_glide_*.json: the input
+    # channels tell the inpainting variants apart (3 + 4 known-image-and-mask channels; the upsamplers' 6 + 4),
+    # and the widths of the levels (and the low-resolution channels) the upsamplers from the base models.
+    Release("base.pt", "base", TextModelConfig, "f686b546061072f0"),
+    Release("base_inpaint.pt", "base-inpaint", TextModelConfig, "e3e61c2e07e68ba3"),
+    Release("upsample.pt", "upsample", TextModelConfig, "176e93c03959c5e6"),
+    Release("upsample_inpaint.pt", "upsample-inpaint", TextModelConfig, "29e0a94a768d235f"),
 )
+# GLIDE's options of its released text models, by glide-text2im's names for them (its load_checkpoint's).
+GLIDE_MODELS = {
+    "base": glide.model_and_diffusion_defaults(),
+    "base-inpaint": dict(glide.model_and_diffusion_defaults(), inpaint=True),
+    "upsample": glide.model_and_diffusion_defaults_upsampler(),
+    "upsample-inpaint": dict(glide.model_and_diffusion_defaults_upsampler(), inpaint=True),
+}
+# GLIDE's options that a run picks, not the file: the precision (its notebook converts the float32 weights
+# to float16 on a GPU), the text-encoding cache and the respacing.
+_GLIDE_RUN_OPTIONS = ("use_fp16", "cache_text_emb", "timestep_respacing")
 
 
 def release_flags(release):
-    """{flag: value} of a released checkpoint: its network's and the diffusion defaults, its preset, its changes."""
+    """{flag: value} of a released checkpoint: its network's and the diffusion defaults, its preset, its changes.
+    A GLIDE text model's are those of its GLIDE options (glide_flags)."""
+    if release.network is TextModelConfig:
+        return glide_flags(GLIDE_MODELS[release.preset])
     return {**defaults_of(release.network, DiffusionConfig), **PRESETS[release.preset], **dict(release.changes)}
+
+
+def glide_flags(options):
+    """{flag: value} (TextModelConfig's and DiffusionConfig's) of a model of GLIDE's options: learned sigma,
+    "squaredcos_cap_v2" as "cosine", the defaults for the rest; without use_fp16, cache_text_emb and
+    timestep_respacing, which the command line picks."""
+    flags = dict(defaults_of(TextModelConfig, DiffusionConfig), learn_sigma=True)
+    flags.update((name, value) for name, value in options.items() if name in flags)
+    if flags["noise_schedule"] == "squaredcos_cap_v2":
+        flags["noise_schedule"] = "cosine"
+    return {name: value for name, value in flags.items() if name not in _GLIDE_RUN_OPTIONS}
+
+
+def describe(release):
+    """How the log names a release: "the release's 64x64_diffusion.pt (preset adm64_cond)", or "GLIDE's
+    released base.pt (glide-text2im's 'base' model)"."""
+    if release.network is TextModelConfig:
+        return f"GLIDE's released {release.file} (glide-text2im's {release.preset!r} model)"
+    return f"the release's {release.file} (preset {release.preset})"
 
 
 def state_dict_fingerprint(shapes):
@@ -125,9 +166,13 @@ def checkpoint_flags(path, flag):
     if release is None:
         return None
     flags = release_flags(release)
-    origin = f"the release's {release.file} (preset {release.preset})"
+    origin = describe(release)
     notes = [f"--{flag} {path}: no {CONFIG_NAME} beside it; recognised by its keys and shapes as {origin}"]
-    if release.network is not ClassifierConfig:
+    if release.network is TextModelConfig:
+        notes.append("  its heads (num_head_channels {num_head_channels}, xf_heads {xf_heads}), schedule "
+                     "(noise_schedule {noise_schedule}) and dropout ({dropout}), which shapes cannot show, are "
+                     "GLIDE's options for it; the precision (use_fp16) is not the file's".format(**flags))
+    elif release.network is not ClassifierConfig:
         notes.append("  its attention order (use_new_attention_order {use_new_attention_order}) and heads (num_heads "
                      "{num_heads}, num_head_channels {num_head_channels}), which shapes cannot show, are the "
                      "preset's".format(**flags))
@@ -188,7 +233,8 @@ def apply_checkpoints(values, origins, config_classes):
         found = checkpoint_flags(values[flag], flag)
         if found is None:
             notes.append(f"--{flag} {values[flag]}: no {CONFIG_NAME} beside it and the shapes of no released "
-                         "checkpoint: its flags come from the command line and the defaults")
+                         "checkpoint (the paper's or GLIDE's): its flags come from the command line and the "
+                         "defaults")
             continue
         notes += found.notes
         if network_of(found.flags) is not network:

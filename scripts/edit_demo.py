@@ -1,7 +1,7 @@
 """
 The editing demo: the quickstart's Fashion-MNIST model (scripts/quickstart.sh) as the prior for
 restoration and editing of held-out *test* images, through the same code as scripts/image_edit.py
-(guided_diffusion/edit_run.py, editing.py), judged by the clean classifier of the quickstart
+(guided_diffusion/editing/run.py, methods.py), judged by the clean classifier of the quickstart
 (datasets/fashion_mnist_judge.py).
 
     RUN=runs/qs bash scripts/quickstart.sh               # once: the model and the judge's cache
@@ -28,14 +28,15 @@ import numpy as np
 import torch as th
 from PIL import Image
 
-from guided_diffusion import edit_run, samplers
+from guided_diffusion import samplers
 from guided_diffusion.build import build_diffusion, build_unet
 from guided_diffusion.checkpoint import load_checkpoint
 from guided_diffusion.config import DiffusionConfig, EditConfig, ModelConfig
-from guided_diffusion.editing import with_label
+from guided_diffusion.editing import run as edit_run
+from guided_diffusion.editing.methods import with_label
+from guided_diffusion.editing.operators import bicubic_upsample, pseudo_inverse_upsample
 from guided_diffusion.guidance import ClassifierFreeGuidance, CleanImageGuidance, clean_classifier_loss
 from guided_diffusion.image_metrics import psnr
-from guided_diffusion.operators import bicubic_upsample, pseudo_inverse_upsample
 from guided_diffusion.sample_io import save_edit_grid, save_grid, to_uint8_nhwc
 from guided_diffusion.sample_seeds import SeededBatch
 

@@ -13,7 +13,6 @@ sample i's prompt) and prompts_grid.png (one row per prompt, the prompt under it
 unconditional branch. --upsample_model_path adds GLIDE's second stage (a --super_res True text model).
 """
 
-import argparse
 import os
 import sys
 
@@ -23,6 +22,7 @@ from guided_diffusion.cli import config_parser
 from guided_diffusion.config import DiffusionConfig, TextModelConfig, TextSampleConfig
 from guided_diffusion.errors import UsageError, run
 from guided_diffusion.text import prompts as text_prompts
+from guided_diffusion.text.prompts import split_prompts
 
 CONFIGS = (TextModelConfig, DiffusionConfig, TextSampleConfig)
 PROMPT_HELP = 'a caption to sample; repeat the flag for more prompts (default: none, then --prompts_file)'
@@ -34,22 +34,22 @@ def create_argparser():
     return parser
 
 
-def split_prompts(argv):
-    """(the --prompt values in order, the rest of argv for the typed configs)."""
-    prompt_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    prompt_parser.add_argument("--prompt", action="append", default=[])
-    known, rest = prompt_parser.parse_known_args(argv)
-    return known.prompt, rest
-
-
 def check_models(model_config, run):
     """Refuse a base model that is not one (a super-resolution or inpainting text model)."""
     if model_config.super_res:
         raise UsageError(f"--model_path {run.model_path} holds a super-resolution text model: pass it as "
                          "--upsample_model_path, with a base model as --model_path")
     if model_config.inpaint:
-        raise UsageError(f"--model_path {run.model_path} holds an inpainting text model: sample it with "
-                         "image_edit.py, or pass a base text model")
+        raise UsageError(f"--model_path {run.model_path} holds an inpainting text model: inpaint with it by "
+                         "image_edit.py --task inpaint --method glide, or pass a base text model")
+
+
+def check_upsampler_input(upsampler_config, base_size, path):
+    """The upsampler was trained on low-resolution images of its small_size: the base model's samples."""
+    if upsampler_config.small_size != base_size:
+        raise UsageError(f"--upsample_model_path {path} upsamples {upsampler_config.small_size} px images (its "
+                         f"small_size) but the base model samples {base_size} px ones: pass a base model of "
+                         f"image_size {upsampler_config.small_size}, or an upsampler trained from {base_size} px")
 
 
 def main(argv=None):
@@ -59,7 +59,8 @@ def main(argv=None):
         model_config, _, run = configs
         check_models(model_config, run)
         if run.upsample_model_path:
-            text_prompts.upsampler_configs(run.upsample_model_path, run.upsample_respacing)
+            upsampler_config, _ = text_prompts.upsampler_configs(run.upsample_model_path, run.upsample_respacing)
+            check_upsampler_input(upsampler_config, model_config.image_size, run.upsample_model_path)
         return text_prompts.PromptTokens(text_prompts.read_prompts(prompt_flags, run.prompts_file),
                                          model_config.text_ctx).warnings
 

@@ -24,7 +24,7 @@ def serve():
     import torch  # noqa: F401
     import PIL.Image  # noqa: F401
 
-    import guided_diffusion.edit_run  # noqa: F401 (the package's modules, as the scripts import them)
+    import guided_diffusion.editing.run  # noqa: F401 (the package's modules, as the scripts import them)
     import guided_diffusion.sampling  # noqa: F401
     import guided_diffusion.train_util  # noqa: F401
 

@@ -1,6 +1,8 @@
 """docs/architecture.md's layer table is the import rule: every package module (a subpackage's modules listed
 as `text/model.py`) sits in exactly one layer, and imports modules of its own layer or of the layers below it
-only; evaluations/ imports none of them."""
+only; evaluations/ imports none of them. A subpackage's __init__.py is no module of the table: importing the
+subpackage itself, or a name it re-exports (`from guided_diffusion import editing`, `from
+guided_diffusion.editing import repaint`), imports what its __init__.py imports."""
 
 import ast
 import re
@@ -30,7 +32,24 @@ def module_name(parts):
 
 def package_imports(source, within=()):
     """Names of the guided_diffusion modules Python source imports (at any depth of its code); within: the
-    subpackage path of the source's module (("text",) for text/model.py), where relative imports start."""
+    subpackage path of the source's module (("text",) for text/model.py), where relative imports start.
+    A subpackage, or a name of its __init__.py, stands for the modules its __init__.py imports."""
+    return {m for name in _imports(source, within) for m in _through_init(name)}
+
+
+def _through_init(name):
+    """{name} for a module; for a subpackage ("editing") or a name it re-exports ("editing/repaint"), the
+    modules its __init__.py imports."""
+    path = REPO / PACKAGE / name
+    if path.with_suffix(".py").is_file():
+        return {name}
+    init = (path if path.is_dir() else path.parent) / "__init__.py"
+    within = init.parent.relative_to(REPO / PACKAGE).parts
+    return package_imports(init.read_text(), within) if init.is_file() and within else {name}
+
+
+def _imports(source, within):
+    """package_imports's names before a subpackage's __init__.py is looked through."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == PACKAGE):
@@ -88,3 +107,13 @@ def test_the_import_reader_resolves_subpackage_modules():
     outside = ("from .text.model import TextUNet\nfrom guided_diffusion.text import tokenizer\n"
                "import guided_diffusion.text.model\n")
     assert package_imports(outside) == {"text/model", "text/tokenizer"}
+
+
+def test_the_import_reader_looks_through_a_subpackages_init():
+    init = package_imports((REPO / PACKAGE / "editing" / "__init__.py").read_text(), ("editing",))
+    assert init == {"editing/methods"}
+    reexported = ("from guided_diffusion import editing\nfrom guided_diffusion.editing import repaint\n"
+                  "import guided_diffusion.editing\nfrom .editing import dps\n")
+    assert package_imports(reexported) == init
+    assert package_imports("from guided_diffusion.editing import run, operators\n") == {"editing/run",
+                                                                                          "editing/operators"}

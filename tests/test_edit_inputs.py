@@ -1,4 +1,4 @@
-"""The editing script's inputs and grid: edit_inputs.load_edit_inputs on folders and npz batches (values,
+"""The editing script's inputs and grid: editing.inputs.load_edit_inputs on folders and npz batches (values,
 order, labels, channels, one-line errors) and sample_io.save_edit_grid's layout."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion.edit_inputs import load_edit_inputs
+from guided_diffusion.editing.inputs import load_edit_inputs
 from guided_diffusion.sample_io import save_edit_grid
 
 

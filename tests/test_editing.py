@@ -9,7 +9,7 @@ import pytest
 import torch as th
 
 from guided_diffusion import editing, samplers
-from guided_diffusion.operators import Inpainting, SuperResolution, box_mask
+from guided_diffusion.editing.operators import Inpainting, SuperResolution, box_mask
 from test_samplers import DATA_STD, make_diffusion, perturbed_gaussian_model, x_T
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

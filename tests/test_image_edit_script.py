@@ -12,7 +12,7 @@ import torch as th
 from PIL import Image
 
 from _train_helpers import assert_same_uint8_images, load_fashion_module, to_argv
-from guided_diffusion import edit_run
+from guided_diffusion.editing import run as edit_run
 from guided_diffusion.config import EditConfig
 
 MODEL = dict(image_size=16, image_channels=1, num_channels=32, num_res_blocks=1, channel_mult="1,2",

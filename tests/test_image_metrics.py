@@ -8,7 +8,7 @@ import pytest
 import torch as th
 
 from guided_diffusion.image_metrics import measurement_consistency, psnr, ssim
-from guided_diffusion.operators import Inpainting, SuperResolution, box_mask
+from guided_diffusion.editing.operators import Inpainting, SuperResolution, box_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""guided_diffusion.operators: each forward model against a hand computation (loops / numpy on tiny
+"""guided_diffusion.editing.operators: each forward model against a hand computation (loops / numpy on tiny
 images), the masks, the measurement noise's statistics and seeding, and the flag errors."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion.operators import (GaussianBlur, Inpainting, SuperResolution, bicubic_upsample, box_mask,
+from guided_diffusion.editing.operators import (GaussianBlur, Inpainting, SuperResolution, bicubic_upsample, box_mask,
                                         half_mask, operator_from_flags, parse_mask, random_mask)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

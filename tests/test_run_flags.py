@@ -3,6 +3,7 @@ train_config.json beside its checkpoints, a released checkpoint is recognised by
 command line wins but may not contradict the file, and the scripts sample, evaluate and resume with
 nothing but the checkpoint's path."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import numpy as np
 import pytest
 import torch as th
 
-from _train_helpers import TINY_RUN
+from _train_helpers import REPO, TINY_RUN
 from guided_diffusion import run_flags
+from guided_diffusion.build import build_text_unet
 from guided_diffusion.cli import COMMAND_LINE, DEFAULT, config_parser, configs_of, parse_flags
 from guided_diffusion.config import (ClassifierConfig, ClassifierSampleConfig, ClassSampleConfig, DiffusionConfig,
-                                     ModelConfig, TrainConfig, defaults_of)
+                                     ModelConfig, TextModelConfig, TrainConfig, defaults_of, split_flags)
 from guided_diffusion.errors import UsageError
 from guided_diffusion.presets import PRESETS
+from guided_diffusion.text import prompts as text_prompts
 from guided_diffusion.train_setup import run_config
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
@@ -63,12 +66,13 @@ def resolve(config_classes, argv):
 
 def test_every_released_file_is_recognised_by_the_fingerprint_of_its_shapes():
     index = json.loads((REFERENCE / "index.json").read_text())
-    assert {r.preset for r in run_flags.RELEASES} == set(PRESETS) == set(index)
+    paper = [r for r in run_flags.RELEASES if r.network is not TextModelConfig]  # GLIDE's: below
+    assert {r.preset for r in paper} == set(PRESETS) == set(index)
     for name, entry in index.items():
         files = {f.strip() for f in entry["released_checkpoint"].split(",")}
         fingerprint = run_flags.state_dict_fingerprint(reference_shapes(name))
-        assert {r.file for r in run_flags.RELEASES if r.preset == name} == files
-        assert {r.fingerprint for r in run_flags.RELEASES if r.preset == name} == {fingerprint}
+        assert {r.file for r in paper if r.preset == name} == files
+        assert {r.fingerprint for r in paper if r.preset == name} == {fingerprint}
         assert run_flags.recognise(reference_shapes(name), "renamed.pt")[0].fingerprint == fingerprint
     shapes = reference_shapes("adm64_cond")
     shapes["out.2.bias"] = (3,)  # one shape off: not the release
@@ -112,7 +116,113 @@ def test_a_checkpoint_of_unknown_shapes_leaves_the_flags_to_the_command_line(tmp
     path = save_shapes({"time_embed.0.weight": (128, 32)}, tmp_path / "model.pt")
     (model, _, _), lines, origins = resolve(SAMPLE, ["--model_path", str(path), "--num_channels", "32"])
     assert model.num_channels == 32 and origins["num_channels"] == COMMAND_LINE and origins["image_size"] == DEFAULT
-    assert "the shapes of no released checkpoint: its flags come from the command line" in lines[0]
+    assert "the shapes of no released checkpoint (the paper's or GLIDE's): its flags come from the command " \
+           "line" in lines[0]
+
+
+# ----------------------------------------------------------------------------- GLIDE's released text models
+
+# tests/fixtures/reference/glide/state_dict_glide_NAME.json (written by glide-text2im's own code): the file.
+GLIDE_FILES = {"base": "base.pt", "base_inpaint": "base_inpaint.pt", "upsample": "upsample.pt",
+               "upsample_inpaint": "upsample_inpaint.pt"}
+
+
+def glide_reference(name):
+    return json.loads((REFERENCE / "glide" / f"state_dict_glide_{name}.json").read_text())
+
+
+def glide_shapes(name):
+    return {key: tuple(shape) for key, shape in glide_reference(name)["keys"]}
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", GLIDE_FILES)
+def test_every_released_glide_model_is_recognised_and_its_flags_build_exactly_its_keys_and_shapes(name):
+    reference = glide_reference(name)
+    release, others = run_flags.recognise(glide_shapes(name), "renamed.pt")
+    assert release.file == GLIDE_FILES[name] and others == []
+    flags = run_flags.release_flags(release)
+    # GLIDE's options for the file, as glide-text2im wrote them, in this project's flags: squaredcos_cap_v2 is
+    # cosine, sigma is learned; the precision, the text cache and the respacing are left to the command line
+    options = dict(reference["options"])
+    options["noise_schedule"] = options["noise_schedule"].replace("squaredcos_cap_v2", "cosine")
+    assert set(options) - set(flags) == {"use_fp16", "cache_text_emb", "timestep_respacing"}
+    assert {k: flags[k] for k in options if k in flags} == {k: v for k, v in options.items() if k in flags}
+    assert flags["learn_sigma"] is True and not flags["class_cond"]
+    model_config, diffusion_config = split_flags(flags, TextModelConfig, DiffusionConfig)
+    with th.device("meta"):  # no memory for its 385M-398M parameters
+        model = build_text_unet(model_config, diffusion_config.learn_sigma)
+    assert [[key, list(value.shape)] for key, value in model.state_dict().items()] == reference["keys"]
+    shapes = glide_shapes(name)
+    shapes["input_blocks.0.0.weight"] = (192, 4, 3, 3)  # one shape off: none of the four
+    assert run_flags.recognise(shapes, GLIDE_FILES[name]) == (None, [])
+
+
+def test_the_four_glide_fingerprints_are_distinct_and_no_other_releases():
+    glide = [r for r in run_flags.RELEASES if r.network is TextModelConfig]
+    assert sorted(r.file for r in glide) == sorted(GLIDE_FILES.values())
+    assert len({r.fingerprint for r in run_flags.RELEASES}) == len(run_flags.RELEASES) - 4  # the LSUN models' share
+    assert set(run_flags.GLIDE_MODELS) == {r.preset for r in glide}
+
+
+def test_glides_base_samples_with_nothing_but_its_path_and_its_upsampler_too(tmp_path):
+    text_sample = script("text_sample")
+    base = save_shapes(glide_shapes("base"), tmp_path / "my_base.pt")
+    upsample = save_shapes(glide_shapes("upsample"), tmp_path / "upsample.pt")
+    argv = ["--model_path", str(base), "--upsample_model_path", str(upsample), "--use_fp16", "True"]
+    values, origins = parse_flags(text_sample.create_argparser(), argv)
+    (model, diffusion, run), lines = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
+    flags = dict(run_flags.glide_flags(run_flags.GLIDE_MODELS["base"]), use_fp16=True)
+    assert (model, diffusion) == split_flags(flags, TextModelConfig, DiffusionConfig)
+    assert (diffusion.noise_schedule, diffusion.learn_sigma, diffusion.timestep_respacing) == ("cosine", True, "")
+    origin = "GLIDE's released base.pt (glide-text2im's 'base' model)"
+    assert origins["xf_width"] == origins["noise_schedule"] == origin and origins["use_fp16"] == COMMAND_LINE
+    assert f"--model_path {base}: no train_config.json beside it; recognised by its keys and shapes as {origin}" \
+           in lines
+    assert "  its heads (num_head_channels 64, xf_heads 8), schedule (noise_schedule cosine) and dropout (0.1), " \
+           "which shapes cannot show, are GLIDE's options for it; the precision (use_fp16) is not the file's" in lines
+    text_sample.check_models(model, run)  # a base model, as the base
+    up_model, up_diffusion = text_prompts.upsampler_configs(run.upsample_model_path, run.upsample_respacing)
+    assert (up_model.super_res, up_model.inpaint, up_model.image_size, up_model.num_res_blocks) == (True, False, 256, 2)
+    assert (up_diffusion.noise_schedule, up_diffusion.learn_sigma, up_diffusion.timestep_respacing) == (
+        "linear", True, "fast27")
+    with pytest.raises(UsageError, match=r"^--upsample_model_path .*my_base.pt is not a super-resolution text model: "
+                                         r"pass .* or GLIDE's released upsample.pt$"):
+        text_prompts.upsampler_configs(str(base), "fast27")
+    with pytest.raises(UsageError, match=r"--noise_schedule linear contradicts the checkpoint \(cosine, from GLIDE's "
+                                         r"released base.pt \(glide-text2im's 'base' model\)\)"):
+        run_flags.resolve_configs(*parse_flags(text_sample.create_argparser(), [*argv, "--noise_schedule", "linear"]),
+                                  text_sample.CONFIGS)
+
+
+@pytest.mark.parametrize("name, refusal", [("upsample", "pass it as --upsample_model_path"),
+                                           ("base_inpaint", "holds an inpainting text model")])
+def test_glides_other_models_are_refused_as_the_base_naming_the_fix(tmp_path, name, refusal):
+    text_sample = script("text_sample")
+    path = save_shapes(glide_shapes(name), tmp_path / GLIDE_FILES[name])
+    values, origins = parse_flags(text_sample.create_argparser(), ["--model_path", str(path)])
+    (model, _, run), _ = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
+    with pytest.raises(UsageError, match=refusal):
+        text_sample.check_models(model, run)
+
+
+def test_fine_tuning_glides_base_takes_its_network_flags_and_the_command_lines_schedule(tmp_path):
+    text_train = script("text_train")
+    base = save_shapes(glide_shapes("base"), tmp_path / "base.pt")
+    values, origins = parse_flags(text_train.create_argparser(), ["--init_checkpoint", str(base), "--data_dir", "d"])
+    (model, diffusion, _), _ = run_flags.resolve_configs(values, origins, text_train.CONFIGS)
+    assert model == split_flags(run_flags.glide_flags(run_flags.GLIDE_MODELS["base"]), TextModelConfig,
+                                DiffusionConfig)[0]
+    assert diffusion.learn_sigma and origins["num_res_blocks"] == origins["learn_sigma"] != DEFAULT
+    assert origins["noise_schedule"] == DEFAULT  # fine-tuning may change the schedule (GLIDE's base: cosine)
+    with pytest.raises(UsageError, match=r"^--model_path .*base.pt holds a text-conditional model \(GLIDE's"):
+        resolve(SAMPLE, ["--model_path", str(base)])  # image_sample.py's flags: not a text model's
 
 
 # ----------------------------------------------------------------------------- project runs

@@ -147,7 +147,7 @@ def test_a_super_resolution_model_is_refused_as_the_base(tmp_path):
 
 
 def test_the_upsampler_stage_writes_its_size(text_run, tmp_path):
-    upsampler = save_run(tmp_path / "sr", super_res=True, image_size=32, attention_resolutions="16")
+    upsampler = save_run(tmp_path / "sr", super_res=True, image_size=32, small_size=16, attention_resolutions="16")
     argv = ["--model_path", text_run, *prompt_argv(PROMPTS), "--upsample_model_path", upsampler,
             "--upsample_respacing", 3, *sample_flags(batch_size=3)]
     run_script("text_sample", argv, tmp_path / "out")

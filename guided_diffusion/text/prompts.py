@@ -1,7 +1,9 @@
-"""Sampling by prompt (scripts/text_sample.py): the prompts and their tokens per sample index, a text model's
-batch sampler (the caption encoded once per batch), GLIDE's upsampling stage, and prompts.txt and
+"""Sampling by prompt (scripts/text_sample.py; image_edit.py edits by prompt with the same pieces): the --prompt
+flags and the prompts and their tokens per sample index, classifier-free guidance with the empty caption, a
+text model's batch sampler (the caption encoded once per batch), GLIDE's upsampling stage, and prompts.txt and
 prompts_grid.png beside the samples."""
 
+import argparse
 import dataclasses
 import os
 
@@ -9,6 +11,7 @@ import numpy as np
 import torch as th
 from PIL import Image, ImageDraw, ImageFont
 
+from .. import logger
 from ..build import build_diffusion, build_text_unet
 from ..config import DiffusionConfig, TextModelConfig
 from ..errors import UsageError
@@ -21,6 +24,15 @@ from .tokenizer import tokens_and_mask
 GRID_PROMPTS = 32  # prompts_grid.png shows the first this many prompts...
 GRID_PER_PROMPT = 8  # ...each with its first this many samples
 GRID_CAPTION_CHARS = 100  # a longer prompt is cut (with "...") under its row
+
+
+def split_prompts(argv):
+    """(the --prompt values in order, the rest of argv for the typed configs): --prompt TEXT is repeatable, a
+    script's own flag (the typed configs have no list flags)."""
+    prompt_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prompt_parser.add_argument("--prompt", action="append", default=[])
+    known, rest = prompt_parser.parse_known_args(argv)
+    return known.prompt, rest
 
 
 def read_prompts(prompts, prompts_file):
@@ -101,13 +113,17 @@ def prompt_sampler(diffusion, model, prompts, sample_shape, device, config, guid
     return sample_batch
 
 
-def upsampler_configs(path, respacing):
+def upsampler_configs(path, respacing, log=False):
     """(TextModelConfig, DiffusionConfig respaced by `respacing`) of the super-resolution text model at
-    `path` (--upsample_model_path), from the train_config.json beside it."""
+    `path` (--upsample_model_path), from the train_config.json beside it or, for GLIDE's released upsample.pt
+    and upsample_inpaint.pt, from their shapes (run_flags; log: log what was recognised)."""
     found = checkpoint_flags(path, "upsample_model_path")
     if found is None or network_of(found.flags) is not TextModelConfig or not found.flags.get("super_res"):
-        raise UsageError(f"--upsample_model_path {path} is not a super-resolution text model with its "
-                         "train_config.json beside it: pass a checkpoint of a --super_res True text model's run")
+        raise UsageError(f"--upsample_model_path {path} is not a super-resolution text model: pass a checkpoint of "
+                         "a --super_res True text model's run (its train_config.json beside it) or GLIDE's "
+                         "released upsample.pt")
+    for line in found.notes if log else ():
+        logger.log(line)
     configs = []
     for cls in (TextModelConfig, DiffusionConfig):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -120,7 +136,7 @@ class Upsampler:
     without guidance, DDIM with eta 0 on its own (respaced) diffusion, the starting noise scaled by `temp`."""
 
     def __init__(self, path, respacing, temp, device):
-        model_config, diffusion_config = upsampler_configs(path, respacing)
+        model_config, diffusion_config = upsampler_configs(path, respacing, log=True)
         self.model = load_for_sampling(build_text_unet(model_config, diffusion_config.learn_sigma), path, device,
                                        "--upsample_model_path")
         self.diffusion = build_diffusion(diffusion_config)

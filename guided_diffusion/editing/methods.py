@@ -1,5 +1,5 @@
-"""Restoration and editing with a trained diffusion model as the prior: DPS, RePaint, SDEdit and DDIM
-inversion, each a small function over the samplers (samplers.py) and the guides (guidance.py).
+"""Restoration and editing with a trained diffusion model as the prior: DPS, RePaint, GLIDE's inpainting,
+SDEdit and DDIM inversion, each a small function over the samplers (samplers.py) and the guides (guidance.py).
 
 Images are x [N, C, H, W] in [-1, 1]; `diffusion` is a (respaced) GaussianDiffusion whose steps the
 methods walk; `model(x, t, **model_kwargs)` as the samplers take it; `guidance` is any guide or list
@@ -9,16 +9,16 @@ Formulas: SPEC.md, "Beyond the release, second part"; docs/editing.md.
 
 import torch as th
 
-from . import samplers
-from .guidance import CleanImageGuidance, GuidedDenoiser, MeasurementGuidance, as_guides
-from .schedules import gather
+from .. import samplers
+from ..guidance import CleanImageGuidance, GuidedDenoiser, MeasurementGuidance, as_guides
+from ..schedules import gather
 
 
 def dps(diffusion, model, shape, forward, measurement, zeta, *, guidance=(), **sample_keywords):
     """DPS (Chung et al. 2023) for y = A(x_0) + n under any sampler: after each step to x'_{t-1},
     x_{t-1} = x'_{t-1} - zeta * grad_{x_t} ||y - A(x0_hat(x_t))||_2, the gradient taken through the model.
 
-    shape: (N, C, H, W) of the outputs; forward: A, x [N, C, H, W] -> y (an operators.py operator's `A`);
+    shape: (N, C, H, W) of the outputs; forward: A, x [N, C, H, W] -> y (an editing/operators.py operator's `A`);
     measurement: y [N, ...]; zeta: the step size (order 0.1 to 1 at 1000 steps; larger for fewer steps);
     guidance: more guides; sample_keywords: samplers.sample's (sampler, noise, noise_fn, model_kwargs, ...).
     Returns x_0 [N, C, H, W].
@@ -88,6 +88,34 @@ def _repaint_moves(denoise, x, known, mask, states, noise_fn):
             beta = gather(schedule.betas, t, x.shape)
             x = (1 - beta).sqrt() * x + beta.sqrt() * noise_fn(x)
         yield {"sample": x, "pred_xstart": pred_xstart}
+
+
+def glide_inpaint(diffusion, model, shape, measurement, known_mask, *, model_kwargs=None, denoised_fn=None,
+                  dynamic_threshold=None, **sample_keywords):
+    """GLIDE's inpainting (Nichol et al. 2022) with a model trained to inpaint (text/model.py's TextUNet with
+    inpaint=True), under any sampler and any guidance: the known pixels y = m * x and the mask m are the
+    model's inpaint_image / inpaint_mask inputs at every step (both branches of classifier-free guidance),
+    and every x_0 the sampler derives is replaced by the known pixels where they are known:
+    x0_hat <- (1 - m) * x0_hat + m * y (after denoised_fn and dynamic thresholding, so the output's known
+    pixels are y's exactly).
+
+    shape: (N, C, H, W) of the outputs; measurement: y [N, C, H, W] (holes may hold anything); known_mask:
+    m [1 or N, 1, H, W], 1 = known; model_kwargs: the caption's {"tokens", "mask"}; sample_keywords:
+    samplers.sample's (sampler, noise, noise_fn, guidance, ...). Returns x_0 [N, C, H, W].
+    """
+    n = shape[0]
+    mask = known_mask.to(device=measurement.device, dtype=measurement.dtype).expand(n, 1, *shape[2:])
+    known = mask * measurement
+    finish = [f for f in (denoised_fn, dynamic_threshold and samplers.dynamic_thresholding(dynamic_threshold)) if f]
+
+    def keep_known(x0):
+        for f in finish:
+            x0 = f(x0)
+        return (1 - mask) * x0 + mask * known
+
+    model_kwargs = dict(model_kwargs or {}, inpaint_image=known, inpaint_mask=mask)
+    return samplers.sample(diffusion, model, tuple(shape), denoised_fn=keep_known, model_kwargs=model_kwargs,
+                           **sample_keywords)
 
 
 def sdedit_start_step(diffusion, strength):

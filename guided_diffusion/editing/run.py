@@ -1,5 +1,6 @@
-"""image_edit.py's run: its flags checked against the model and the inputs (before anything is written),
-the edit of one batch with its per-input random streams, and the numbers of metrics.json.
+"""image_edit.py's run: the network its checkpoint holds, its flags and prompts checked against the model
+and the inputs (before anything is written), the edit of one batch with its per-input random streams, and
+the numbers of metrics.json.
 
 Every random number of input i comes from its own stream (sample_seeds.SeededBatch), in the order: the
 measurement noise (when --noise_sigma > 0), the starting noise (SDEdit's z, or x_T), then the sampler's
@@ -7,21 +8,29 @@ draws. So a run's outputs do not depend on the batch size or the number of ranks
 (or SDEdit's noised input) can be drawn again anywhere from the first draws.
 """
 
+import argparse
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
 
 import torch as th
 
-from . import editing
-from .config import EditConfig
-from .image_metrics import measurement_consistency, psnr, ssim
+from ..config import EditConfig, ModelConfig, TextModelConfig
+from ..image_metrics import measurement_consistency, psnr, ssim
+from ..run_flags import checkpoint_flags, network_of
+from ..sample_seeds import SeededBatch
+from ..samplers import resolve_sampler
+from ..sampling import sampler_keywords
+from ..text.prompts import PromptTokens, read_prompts
+from . import methods
 from .operators import Operator, operator_from_flags
-from .sample_seeds import SeededBatch
-from .samplers import resolve_sampler
-from .sampling import sampler_keywords
 
 WITH_OPERATOR = ("inpaint", "super_res", "deblur")
+# The flags of a text model that a diffusion model lacks: given with a checkpoint that tells nothing, they
+# make image_edit.py build a text model.
+TEXT_FLAGS = tuple(sorted({f.name for f in dataclasses.fields(TextModelConfig)}
+                          - {f.name for f in dataclasses.fields(ModelConfig)}))
 
 
 @dataclass
@@ -54,20 +63,70 @@ def edit_task(config, image_size):
                                    blur_sigma=config.blur_sigma, noise_sigma=config.noise_sigma,
                                    mask_seed=max(config.seed, 0))  # a random:F mask: the same on every rank
     sampler = resolve_sampler(config.sampler, config.use_ddim)
-    if config.method == "repaint" and config.task != "inpaint":
-        raise ValueError(f"--method repaint inpaints; --task {config.task} takes --method dps")
+    if config.method in ("repaint", "glide") and config.task != "inpaint":
+        raise ValueError(f"--method {config.method} inpaints; --task {config.task} takes --method dps")
     if config.method == "repaint" and sampler != "ddpm":
         raise ValueError(f"--method repaint takes DDPM steps: give --sampler ddpm (or --method dps for --sampler "
                          f"{sampler})")
     if config.method == "repaint":
-        editing.repaint_states(2, config.jump_length, config.resamplings)  # checks both
+        methods.repaint_states(2, config.jump_length, config.resamplings)  # checks both
     if config.task == "reconstruct" and sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--task reconstruct inverts and samples with DDIM: give --sampler ddim (not {sampler})")
     if config.task == "sdedit":
-        editing.check_strength(config.strength)
+        methods.check_strength(config.strength)
     if config.task in WITH_OPERATOR and config.method == "dps" and not config.zeta > 0:
         raise ValueError(f"--zeta {config.zeta}: DPS needs a step size > 0 (e.g. 1)")
     return EditTask(config.task, config.method, operator, config, sampler_keywords(config))
+
+
+def edit_network(argv, prompts=()):
+    """The model config class of image_edit.py's command line argv (without its --prompt flags, `prompts`):
+    TextModelConfig when --model_path's run is a text model's (its train_config.json, or the shapes of a
+    released GLIDE file), or, for a checkpoint that tells neither, when the command line gives a prompt
+    (--prompt, --prompts_file) or a flag only text models have (--xf_width, --inpaint, ...); else ModelConfig
+    (a missing file or a foreign network is start_run's error)."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--model_path", default="")
+    peek.add_argument("--prompts_file", default="")
+    known, rest = peek.parse_known_args(argv)
+    try:
+        found = checkpoint_flags(known.model_path, "model_path") if known.model_path else None
+    except FileNotFoundError:
+        found = None
+    if found is not None:
+        return TextModelConfig if network_of(found.flags) is TextModelConfig else ModelConfig
+    text_flag = any(arg.split("=")[0] in {f"--{name}" for name in TEXT_FLAGS} for arg in rest)
+    return TextModelConfig if prompts or known.prompts_file or text_flag else ModelConfig
+
+
+def edit_prompts(prompts, config, model_config):
+    """A text model's prompts as PromptTokens (input i reads prompt i % P; the empty caption for every input
+    without --prompt or --prompts_file), None for a model without text; the model checked against the
+    method first. prompts: the --prompt values. ValueError naming the fix."""
+    text = isinstance(model_config, TextModelConfig)
+    given = bool(prompts or config.prompts_file)
+    path = config.model_path
+    if given and not text:
+        raise ValueError(f"--prompt and --prompts_file need a text-conditional model, but --model_path {path} holds a "
+                         "diffusion model without text: leave them out (--target_class edits toward a class), or pass "
+                         "a text model (text_train.py's run, or GLIDE's)")
+    inpainter = text and model_config.inpaint
+    if config.method == "glide" and not inpainter:
+        raise ValueError(f"--method glide needs an inpainting text model (--inpaint True, or GLIDE's base_inpaint.pt), "
+                         f"but --model_path {path} holds {'a text' if text else 'a diffusion'} model without a known-"
+                         "image input: use --method repaint or dps")
+    if not text:
+        return None
+    if model_config.super_res:
+        raise ValueError(f"--model_path {path} holds a super-resolution text model: image_edit.py edits with a base or "
+                         "an inpainting text model")
+    if inpainter and config.method != "glide":
+        raise ValueError(f"--model_path {path} holds an inpainting text model, which needs its known image: give "
+                         "--task inpaint --method glide")
+    if not given and config.guidance_scale != 1:
+        raise ValueError(f"--guidance_scale {config.guidance_scale} guides toward a prompt: give --prompt TEXT (without "
+                         "one every input gets the empty caption, the unconditional branch itself)")
+    return PromptTokens(read_prompts(prompts, config.prompts_file) if given else [""], model_config.text_ctx)
 
 
 def edit_labels(config, n, class_cond, num_classes, null_class=None, input_labels=None):
@@ -123,16 +182,19 @@ def edit(task, diffusion, model, x, batch, guidance=(), model_kwargs=None):
     config = task.config
     keywords = dict(clip_denoised=config.clip_denoised, model_kwargs=model_kwargs, noise_fn=batch.noise_like)
     if task.task == "reconstruct":
-        return editing.reconstruct(diffusion, model, x, **keywords)[0]
+        return methods.reconstruct(diffusion, model, x, **keywords)[0]
     y = task.measure(x, batch.noise_like)
     start = batch.noise_like(x)
     if task.task == "sdedit":
-        return editing.sdedit(diffusion, model, x, config.strength, noise=start, guidance=guidance, **keywords,
+        return methods.sdedit(diffusion, model, x, config.strength, noise=start, guidance=guidance, **keywords,
                               **task.sampling)
+    if task.method == "glide":
+        return methods.glide_inpaint(diffusion, model, x.shape, y, task.known_mask(), guidance=guidance, noise=start,
+                                     **keywords, **task.sampling)
     if task.method == "repaint":
-        return editing.repaint(diffusion, model, y, task.known_mask(), jump_length=config.jump_length,
+        return methods.repaint(diffusion, model, y, task.known_mask(), jump_length=config.jump_length,
                                resamplings=config.resamplings, guidance=guidance, noise=start, **keywords)
-    return editing.dps(diffusion, model, x.shape, task.operator.A, y, config.zeta, guidance=guidance, noise=start,
+    return methods.dps(diffusion, model, x.shape, task.operator.A, y, config.zeta, guidance=guidance, noise=start,
                        **keywords, **task.sampling)
 
 
@@ -143,7 +205,7 @@ def degraded(task, diffusion, x, seed):
     batch = SeededBatch(seed, range(len(x)))
     if task.operator is not None:
         return task.operator.degraded(task.measure(x, batch.noise_like)).clamp(-1, 1)
-    start = editing.sdedit_start_step(diffusion, task.config.strength) if task.task == "sdedit" else None
+    start = methods.sdedit_start_step(diffusion, task.config.strength) if task.task == "sdedit" else None
     if start is None:
         return x
     t0 = th.full((len(x),), start, dtype=th.long)

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import torch as th
 
-from .image_datasets import PIL_MODES, _read_image, class_name_of, list_image_files
+from ..image_datasets import PIL_MODES, _read_image, class_name_of, list_image_files
 
 _LABEL_PREFIX = re.compile(r"(\d+)(-.*)?")  # a class name that gives an integer label
 
