@@ -108,6 +108,39 @@ def real_images(prompts, per_prompt, split):
     return captioned.render_combinations(combos, split)
 
 
+def recoloured(combo):
+    """An inpainting prompt's triple: the same garment on the same background in the next palette colour after
+    its own that is not the background's."""
+    label, garment, background = combo
+    colours = ((garment + k) % len(captioned.PALETTE) for k in range(1, len(captioned.PALETTE)))
+    return label, next(c for c in colours if c != background), background
+
+
+def hole_colours(images, hole, background):
+    """uint8 [N, H, W, 3], hole bool [H, W] and background colour indices [N] -> [N]: the palette colour whose
+    segment from the background explains the hole's pixels best (read_colours' rule, inside the hole)."""
+    pixels = captioned.check_images(images)[:, hole][:, :, None]  # [N, hole pixels, 1, 3]
+    return np.argmin(captioned.segment_errors(pixels, np.asarray(background)), axis=1)
+
+
+def inpaint_scores(judge, inputs, edited, asked, known):
+    """Inputs and edited uint8 [N, H, W, 3], asked triples [N, 3] (the prompts), known bool [H, W] (the kept
+    pixels) -> {"n", "garment", "hole_colour", "all_both", "known_max_diff", "known_changed"}: the judged garment
+    of the whole edited image (its ink along the input's garment colour outside the hole, the read hole colour
+    inside), the hole's colour, both right, and how far the known pixels moved (levels; share moved > 1 level)."""
+    original_colour, background = captioned.read_colours(inputs)
+    hole = ~known
+    colour = hole_colours(edited, hole, background)
+    ink = np.where(hole, captioned.to_grey(edited, colour, background),
+                   captioned.to_grey(edited, original_colour, background))
+    garment = fashion_mnist_judge.predict(judge, ink).numpy()
+    moved = np.abs(edited.astype(np.int64) - inputs.astype(np.int64))[:, known]
+    garment_hits, colour_hits = garment == asked[:, 0], colour == asked[:, 1]
+    return dict(n=len(edited), garment=float(garment_hits.mean()), hole_colour=float(colour_hits.mean()),
+                all_both=float((garment_hits & colour_hits).mean()), known_max_diff=int(moved.max()),
+                known_changed=float((moved > 1).any(axis=-1).mean()))
+
+
 def fid_scorer(ref_batch, bootstrap):
     """evaluations.scoring.Scorer against ref_batch (Inception features; the spread from `bootstrap` resamples)."""
     from evaluations import evaluator
@@ -180,6 +213,39 @@ def real_command(args):
     print(f"wrote {len(images)} real {args.split} images of the prompts to {args.out}")
 
 
+def inpaint_inputs_command(args):
+    prompts = read_lines(args.prompts)
+    images = real_images(prompts, args.per_prompt, "t10k")
+    combos = [recoloured(captioned.parse_caption(prompts[i % len(prompts)])) for i in range(len(images))]
+    os.makedirs(args.out_dir, exist_ok=True)
+    np.savez(os.path.join(args.out_dir, "inputs.npz"), arr_0=images)
+    with open(os.path.join(args.out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
+        f.writelines(captioned.caption(*combo) + "\n" for combo in combos)
+    print(f"wrote {len(images)} test images and their recoloured prompts to {args.out_dir}/inputs.npz, prompts.txt")
+
+
+def inpaint_score_command(args):
+    from guided_diffusion.editing.operators import parse_mask
+
+    inputs = read_batch(args.inputs)
+    asked = requested(read_lines(args.prompts), len(inputs))
+    known = parse_mask(args.mask, inputs.shape[1])[0, 0].numpy() > 0.5
+    judge, test_accuracy = fashion_mnist_judge.load_or_train(args.cache, inputs.shape[1])
+    print(f"garment judge: {test_accuracy:.3f} accuracy on the real grey test images", flush=True)
+    results = {}
+    for path in args.edited:
+        edited = read_batch(path)
+        if edited.shape != inputs.shape:
+            raise ValueError(f"{path} holds {edited.shape[0]} images of {edited.shape[1:]}, {args.inputs} "
+                             f"{inputs.shape[0]} of {inputs.shape[1:]}: pass the edits of those inputs")
+        results[path] = inpaint_scores(judge, inputs, edited, asked, known)
+        print(f"{path}\n  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in results[path].items()), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +262,21 @@ def main():
     real.add_argument("--per_prompt", type=int, default=200, help="images per prompt (default: 200)")
     real.add_argument("--split", default="t10k", choices=["train", "t10k"], help="which Fashion-MNIST split to paint")
     real.set_defaults(handler=real_command)
+    inputs = commands.add_parser("inpaint_inputs", help="test images of the prompts and, for each, a prompt for the "
+                                 "same garment and background in another colour")
+    inputs.add_argument("prompts", help="prompts file (the evaluation prompts)")
+    inputs.add_argument("out_dir", help="folder for inputs.npz and prompts.txt (one prompt per input)")
+    inputs.add_argument("--per_prompt", type=int, default=4, help="test images per prompt (default: 4)")
+    inputs.set_defaults(handler=inpaint_inputs_command)
+    inpaint = commands.add_parser("inpaint", help="judge inpainted images: the garment, the hole's colour, the "
+                                  "known pixels kept")
+    inpaint.add_argument("edited", nargs="+", help="npz files written by image_edit.py (edited_*.npz)")
+    inpaint.add_argument("--inputs", required=True, help="the inputs' npz (inpaint_inputs' inputs.npz)")
+    inpaint.add_argument("--prompts", required=True, help="the prompts the edits asked for, one per input")
+    inpaint.add_argument("--mask", default="box", help="the --mask of image_edit.py (default: box)")
+    inpaint.add_argument("--cache", default="data/fashion_judge_28px.pt", help="where the garment judge is kept")
+    inpaint.add_argument("--json", default="", help="also write the scores to this JSON file")
+    inpaint.set_defaults(handler=inpaint_score_command)
     score = commands.add_parser("score", help="judge sample npz files against their prompts")
     score.add_argument("samples", nargs="+", help="npz files written by text_sample.py")
     score.add_argument("--cache", default="data/fashion_judge_28px.pt", help="where the garment judge is kept")
