@@ -14,13 +14,16 @@ import torch as th
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from . import dist_util
+from . import dist_util, logger
 from .errors import UsageError
 
 EXPECTED_FILE = (
     "a model state dict saved by training or released (modelNNNNNN.pt, ema_RATE_NNNNNN.pt, or e.g. "
     "256x256_diffusion.pt, GLIDE's base.pt), or a .safetensors file of one"
 )
+
+
+INPUT_LAYER = "input_blocks.0.0.weight"  # the UNet's first convolution: its in-channels are the model's inputs
 
 
 class CheckpointMismatchError(UsageError):
@@ -104,16 +107,47 @@ def _unreadable_reason(data, exc):
     return "is not a torch checkpoint"
 
 
-def load_checkpoint(model, path, return_state_dict=False):
+def load_checkpoint(model, path, return_state_dict=False, widen=False):
     """Load `path` into `model` strictly; raise CheckpointMismatchError naming the likely wrong flags.
+    widen (fine-tuning from --init_checkpoint): a base text model's weights start an inpainting or
+    super-resolution one, its input layer widened (widen_input_channels, logged).
 
     Returns the model, or with return_state_dict the file's state dict as read (its own dtypes, e.g.
-    the float32 weights behind an fp16 model).
+    the float32 weights behind an fp16 model), widened where it was.
     """
     state_dict = read_state_dict(path)
+    if widen:
+        widened = widen_input_channels(state_dict, model, source=path)
+        if widened is not state_dict:
+            logger.log(f"{path}: a base model's input layer widened from {state_dict[INPUT_LAYER].shape[1]} to "
+                       f"{widened[INPUT_LAYER].shape[1]} input channels, the new ones' weights zero (every other "
+                       "weight as it is): at step 0 the model computes the base model's function")
+        state_dict = widened
     check_state_dict_fits(model, state_dict, source=path)
     model.load_state_dict(state_dict, strict=True)
     return state_dict if return_state_dict else model
+
+
+def widen_input_channels(state_dict, model, source="checkpoint"):
+    """A base text model's state dict for an inpainting or super-resolution text.model.TextUNet, as GLIDE
+    started its variants: the input layer's weight (INPUT_LAYER, in-channels the image's alone) gets zero
+    weights for the model's extra input channels, which TextUNet puts after the image's (the known image and
+    mask, the low-resolution image), so the widened model computes the base model's function whatever they
+    hold. Any other state dict is returned as it is (the same object); one whose input layer is wider than a
+    text model's (a variant's weights for a base model) is refused: nothing would use its extra channels."""
+    weight = state_dict.get(INPUT_LAYER)
+    if weight is None or not hasattr(model, "image_channels"):  # not a text model's
+        return state_dict
+    given, wanted = weight.shape[1], model.input_blocks[0][0].in_channels
+    if given > wanted:
+        raise CheckpointMismatchError(
+            f"{source} takes {given} input channels, this text model {wanted}: an inpainting or super-resolution "
+            "model's weights do not start a model without its inputs; give the checkpoint's --inpaint / "
+            "--super_res to fine-tune it, or start from a base model's checkpoint")
+    if given != model.image_channels or given == wanted:
+        return state_dict
+    zeros = weight.new_zeros(weight.shape[0], wanted - given, *weight.shape[2:])
+    return {**state_dict, INPUT_LAYER: th.cat([weight, zeros], dim=1)}
 
 
 def check_state_dict_fits(model, state_dict, source="checkpoint"):

@@ -10,7 +10,8 @@ the network's config class and of DiffusionConfig do, without --timestep_respaci
 
 A flag given on the command line (or by a preset) that contradicts the checkpoint is a usage error
 naming both values, except the FREE_FLAGS: precision, kernels, dropout and the loss change neither the
-weights nor the function they compute.
+weights nor the function they compute; and the VARIANT_FLAGS turned on over a base text model's
+--init_checkpoint (its input layer is widened for the new inputs, zero-initialised, as GLIDE did).
 """
 
 import dataclasses
@@ -47,6 +48,9 @@ CHECKPOINT_FLAGS = {
 # Flags a command line may set against the checkpoint: none changes a weight or what the weights compute.
 FREE_FLAGS = {f.name for cls in NETWORKS for f in dataclasses.fields(cls) if f.metadata["free_on_resume"]} | {
     "use_fp16", "classifier_use_fp16", "dropout", "use_kl", "rescale_learned_sigmas"}
+# A text model's variants: a command line may turn them on over a base model's --init_checkpoint, whose input
+# layer is then widened for their inputs with zero weights (checkpoint.widen_input_channels), as GLIDE did.
+VARIANT_FLAGS = ("inpaint", "super_res")
 
 
 class Release(NamedTuple):
@@ -217,6 +221,21 @@ def _contradiction(name, value, origin, stored, source):
                       "to use the checkpoint's value")
 
 
+def _widened(flag, values, origins, stored):
+    """The VARIANT_FLAGS that the command line turns on over a base text model (stored: its flags) given as
+    --init_checkpoint; else []."""
+    if flag != "init_checkpoint" or any(stored.get(name, True) for name in VARIANT_FLAGS):
+        return []
+    return [name for name in VARIANT_FLAGS if origins[name] != DEFAULT and values[name]]
+
+
+def _variant_refusal(name, value, path, stored):
+    return UsageError(f"--{name} {value} with --init_checkpoint {path} (inpaint {stored['inpaint']}, super_res "
+                      f"{stored['super_res']}): a variant's weights start only the same variant (a base model's are "
+                      f"widened for a variant's inputs); leave --{name} out to fine-tune the checkpoint's own model, "
+                      "or start from a base model's checkpoint")
+
+
 def apply_checkpoints(values, origins, config_classes):
     """Fill the flags of the checkpoints that values name (model_path, classifier_path, resume_checkpoint,
     init_checkpoint) from their runs, in place; returns the lines to log about them.
@@ -244,6 +263,11 @@ def apply_checkpoints(values, origins, config_classes):
         if not found.flags.get("class_cond", network is ClassifierConfig):
             names.remove("num_classes")  # an unconditional model has no classes to agree on
         image_size = found.flags.get("large_size", found.flags.get("image_size"))
+        widened = _widened(flag, values, origins, found.flags)
+        free = FREE_FLAGS | set(widened) | ({"small_size"} if "super_res" in widened else set())  # base: unused
+        if widened:
+            notes.append(f"--{flag} {values[flag]} holds a base model: its input layer is widened for the inputs of "
+                         f"{' and '.join(f'--{n} True' for n in widened)}, with zero weights")
         for name in (n for n in names if n in found.flags):
             stored = found.flags[name]
             if name in filled:
@@ -251,7 +275,9 @@ def apply_checkpoints(values, origins, config_classes):
                     raise UsageError(f"the checkpoints disagree on --{name}: {_shown(values[name])} (from "
                                      f"{origins[name]}), {_shown(stored)} (from {found.origin})")
             elif origins[name] != DEFAULT:
-                if name not in FREE_FLAGS and not _same(name, values[name], stored, image_size):
+                if name not in free and not _same(name, values[name], stored, image_size):
+                    if flag == "init_checkpoint" and name in VARIANT_FLAGS:
+                        raise _variant_refusal(name, values[name], values[flag], found.flags)
                     raise _contradiction(name, values[name], origins[name], stored, found.origin)
             else:
                 values[name], origins[name] = stored, found.origin

@@ -77,7 +77,8 @@ class _LoopBase:
             logger.log(f"initialising weights from {config.init_checkpoint} (fine-tuning: step 0, fresh optimizer)")
         start_path = resume.model_path if resume else config.init_checkpoint
         # The file's float32 weights: an fp16 model holds them rounded, the master weights exactly.
-        start_weights = load_checkpoint(model, start_path, return_state_dict=True) if start_path else None
+        start_weights = (load_checkpoint(model, start_path, return_state_dict=True, widen=not resume)
+                         if start_path else None)
         dist_util.sync_params(model.parameters())
 
         self.mp_trainer = MixedPrecisionTrainer(model=model, use_fp16=use_fp16, fp16_scale_growth=fp16_scale_growth,

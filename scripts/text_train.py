@@ -5,9 +5,12 @@ GLIDE; --caption_dropout_prob trains the empty caption for classifier-free guida
 --inpaint True trains an inpainting model: each image gets a random mask (--inpaint_unknown_prob,
 --inpaint_min_area, --inpaint_max_area) and the model sees the image's known pixels and the mask; the loss is
 the plain diffusion loss over the whole image, as GLIDE's. Both together train GLIDE's upsampler for inpainting.
+A variant may start from a base model's --init_checkpoint, as GLIDE's did: its input layer is widened for the new
+inputs with zero weights (at step 0 it computes the base model's function).
 
     mpiexec -n 8 python scripts/text_train.py --data_dir DIR --batch_size 32 --caption_dropout_prob 0.2
     python scripts/text_train.py --data_dir DIR --init_checkpoint base.pt --noise_schedule cosine --lr 1e-5
+    python scripts/text_train.py --data_dir DIR --inpaint True --init_checkpoint base.pt --noise_schedule cosine
     python scripts/text_train.py --data_dir DIR --super_res True --image_size 256 --small_size 64 \\
         --num_res_blocks 2 --noise_schedule linear
 """

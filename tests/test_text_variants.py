@@ -197,9 +197,10 @@ def test_the_inpainting_upsampler_resumes_exactly(trained, tmp_path):
     assert refused.returncode == 2 and "--small_size 8 contradicts the checkpoint (4" in refused.stderr
 
 
-def save_base(run_dir, image_size):
-    """An untrained tiny base text model of image_size with its train_config.json (as text_train.py writes it)."""
-    flags = dict(TINY_TEXT, image_size=image_size, attention_resolutions=str(image_size // 2))
+def save_base(run_dir, image_size, **variant):
+    """An untrained tiny base text model of image_size (or the variant's: inpaint=True, ...) with its
+    train_config.json (as text_train.py writes it)."""
+    flags = dict(TINY_TEXT, image_size=image_size, attention_resolutions=str(image_size // 2), **variant)
     model_config, diffusion_config, train = split_flags(dict(flags, learn_sigma=True), TextModelConfig,
                                                         DiffusionConfig, TextTrainConfig)
     run_dir.mkdir()

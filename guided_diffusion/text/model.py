@@ -92,7 +92,8 @@ def _cast_linear(module, dtype):
 class TextUNet(UNetModel):
     """ADM's UNet conditioned on a caption (GLIDE's Text2ImUNet), optionally also on a known image and
     its mask (inpaint: input [x, image * mask, mask]) and on a low-resolution image (super_res: input
-    [x, low_res upsampled bilinearly]).
+    [x, low_res upsampled bilinearly]). The image's channels come first: a base model's input weights start a
+    variant with zeros for the rest (checkpoint.widen_input_channels).
 
     forward(x [N, C, H, W], timesteps [N], tokens [N, L] long, mask [N, L] bool, low_res [N, C, h, w],
     inpaint_image [N, C, H, W], inpaint_mask [N, 1, H, W] (1 = known)) -> [N, out_channels, H, W].
@@ -127,6 +128,10 @@ class TextUNet(UNetModel):
         self.transformer = Transformer(xf_width, xf_layers, xf_heads)
         self.final_ln = LayerNorm32(xf_width) if xf_final_ln else None
         self.token_embedding = nn.Embedding(n_vocab, xf_width)
+        # From scratch, GPT-2's and CLIP's initialisation: tokens N(0, 0.02^2), positions N(0, 0.01^2). (GLIDE released
+        # no training code; nn.Embedding's N(0, 1) would drown the positions, so that "a white coat on a black
+        # background" and "a black coat on a white background" read alike until they are learned.)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.transformer_proj = nn.Linear(xf_width, 4 * self.model_channels)
         self.cache_text_emb, self.cache = cache_text_emb, None
         if not 0 <= caption_dropout_prob < 1:
