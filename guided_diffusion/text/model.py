@@ -128,10 +128,6 @@ class TextUNet(UNetModel):
         self.transformer = Transformer(xf_width, xf_layers, xf_heads)
         self.final_ln = LayerNorm32(xf_width) if xf_final_ln else None
         self.token_embedding = nn.Embedding(n_vocab, xf_width)
-        # From scratch, GPT-2's and CLIP's initialisation: tokens N(0, 0.02^2), positions N(0, 0.01^2). (GLIDE released
-        # no training code; nn.Embedding's N(0, 1) would drown the positions, so that "a white coat on a black
-        # background" and "a black coat on a white background" read alike until they are learned.)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.transformer_proj = nn.Linear(xf_width, 4 * self.model_channels)
         self.cache_text_emb, self.cache = cache_text_emb, None
         if not 0 <= caption_dropout_prob < 1:
