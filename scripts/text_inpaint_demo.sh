@@ -12,6 +12,7 @@ RUN=${RUN:?set RUN to a scripts/text_demo.sh run folder}
 STEPS=${STEPS:-500}                         # fine-tuning updates of the inpainting model
 PER_PROMPT=${PER_PROMPT:-2}                 # test images per evaluation prompt (50 prompts)
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-3}
+EDIT_STEPS=${EDIT_STEPS:-25}                # sampling steps of both methods (RePaint: jump 5, 5 resamplings)
 JUDGE_CACHE=${JUDGE_CACHE:-data/fashion_judge_28px.pt}
 DATA=${DATA:-data/fashion_captions_28px_2000}
 JUDGE="python datasets/fashion_mnist_caption_judge.py"
@@ -37,11 +38,11 @@ MODEL=$(ls "$OUT"/model/ema_0.999_*.pt | sort | tail -1)
 
 EDIT="python scripts/image_edit.py --input $OUT/inputs.npz --prompts_file $OUT/prompts.txt --task inpaint --mask box
   --guidance_scale $GUIDANCE_SCALE --seed 0 --batch_size 100 --progress False"
-step "inpainting: GLIDE's recipe with the inpainting model (DPM-Solver++(2M) SDE, 25 steps)"
+step "inpainting: GLIDE's recipe with the inpainting model (DPM-Solver++(2M) SDE, $EDIT_STEPS steps)"
 OPENAI_LOGDIR="$OUT/glide" $EDIT --model_path "$MODEL" --method glide --sampler dpm++2m-sde \
-  --timestep_respacing 25 --lower_order_final True
-step "inpainting: RePaint with the base model (25 steps, jump 5, 5 resamplings)"
-OPENAI_LOGDIR="$OUT/repaint" $EDIT --model_path "$BASE" --method repaint --timestep_respacing 25 \
+  --timestep_respacing "$EDIT_STEPS" --lower_order_final True
+step "inpainting: RePaint with the base model ($EDIT_STEPS steps, jump 5, 5 resamplings)"
+OPENAI_LOGDIR="$OUT/repaint" $EDIT --model_path "$BASE" --method repaint --timestep_respacing "$EDIT_STEPS" \
   --jump_length 5 --resamplings 5
 step "judging: garment, the hole's colour, the known pixels"
 $JUDGE inpaint --cache "$JUDGE_CACHE" --inputs "$OUT/inputs.npz" --prompts "$OUT/prompts.txt" --mask box \
