@@ -27,15 +27,18 @@ UNET = dict(image_size=28, num_channels=32, num_res_blocks=1, channel_mult="1,2,
 CAPTION = "a red sandal on a blue background"
 
 
-def best_time(fn, rounds):
-    """The fastest of `rounds` calls of fn(), in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def interleaved_best(fns, rounds):
+    """{name: the fastest of `rounds` calls of fn(), in seconds}, each fn warmed up once, then timed round by round
+    in turn (the machine's drift hits all alike)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times
 
 
 def train_step(model, diffusion, batch, model_kwargs):
@@ -84,10 +87,7 @@ def main():
 
     steps = {name: train_step(model, diffusion, batch, kwargs) for name, model, kwargs in
              (("class-conditional", class_model, class_kwargs), ("text", text_model, text_kwargs))}
-    times = dict.fromkeys(steps, float("inf"))
-    for _ in range(args.rounds):  # interleaved: the machine's drift hits both alike
-        for name, step in steps.items():
-            times[name] = min(times[name], best_time(step, 1))
+    times = interleaved_best(steps, args.rounds)
     for name, seconds in times.items():
         print(f"training   {name:18s} {1 / seconds:7.2f} steps/s   {seconds * 1000:8.1f} ms/step   "
               f"{times['class-conditional'] / seconds:5.2f}x")
@@ -105,11 +105,7 @@ def main():
                           model_kwargs=sample_kwargs)
 
     runs = {"encoded every step": draw, "encoded once": lambda: encoded_once(text_model, draw)}
-    times = dict.fromkeys(runs, float("inf"))
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            text_model.cache_text_emb = False
-            times[name] = min(times[name], best_time(fn, 1))
+    times = interleaved_best(runs, args.rounds)
     for name, seconds in times.items():
         print(f"sampling   {name:18s} {m / seconds:7.2f} images/s  {seconds:8.2f} s/batch   "
               f"{times['encoded every step'] / seconds:5.2f}x  (DDIM {args.steps} steps, W = {args.guidance_scale:g})")

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fashion_mnist_captions as captioned  # noqa: E402
 import fashion_mnist_judge  # noqa: E402
+from evaluations.npz_io import load_arrays, npz_keys  # noqa: E402
 from guided_diffusion.errors import ArgumentParser, run  # noqa: E402
 
 ATTRIBUTES = ("garment", "garment_colour", "background_colour")
@@ -47,12 +48,13 @@ def evaluation_combinations(seen_per_class=4, seed=0):
     return captioned.held_out_combinations() + seen
 
 
-def read_lines(path):
-    """The lines of a UTF-8 prompts file (prompts.txt: one per sample, or --prompts_file: blank lines skipped
-    there, kept here as the empty caption only when the file holds nothing else)."""
+def read_lines(path, per_sample=False):
+    """The prompts of a UTF-8 file. per_sample: the prompts.txt text_sample.py writes beside its npz, line i
+    sample i's prompt, every line kept (a blank one is the empty caption); else a --prompts_file, blank lines
+    skipped as text_sample.py skips them (a file of blank lines only: the empty caption)."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
-    return [line for line in lines if line.strip()] or lines
+    return lines if per_sample else [line for line in lines if line.strip()] or lines
 
 
 def requested(prompts, n):
@@ -91,13 +93,14 @@ def accuracies(judged, asked):
 
 
 def read_batch(path):
-    """A sampling script's npz -> its images uint8 [N, H, W, 3]; clear errors otherwise."""
+    """A sampling script's npz -> its images uint8 [N, H, W, 3]; a one-line error naming the file otherwise."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file; pass the npz a sampling script wrote")
-    with np.load(path) as f:
-        if "arr_0" not in f:
-            raise ValueError(f"{path} holds {sorted(f.keys())}, not arr_0 (images)")
-        return captioned.check_images(f["arr_0"]).astype(np.uint8)
+    if "arr_0" not in npz_keys(path):  # missing, damaged or not an npz: evaluations.npz_io's errors
+        raise ValueError(f"{path} holds {sorted(npz_keys(path))}, not arr_0 (images)")
+    images = load_arrays(path, ["arr_0"])["arr_0"]
+    captioned.check_images(images)
+    return images
 
 
 def real_images(prompts, per_prompt, split):
@@ -186,7 +189,7 @@ def score_command(args):
         prompts_path = args.prompts or os.path.join(os.path.dirname(os.path.abspath(path)), "prompts.txt")
         if not os.path.isfile(prompts_path):
             raise ValueError(f"{prompts_path}: no such file; pass --prompts with the captions {path} asked for")
-        asked = requested(read_lines(prompts_path), len(images))  # unreadable prompts: refused before any training
+        asked = requested(read_lines(prompts_path, per_sample=not args.prompts), len(images))  # unreadable prompts: refused before any training
         if judge is None:
             judge, test_accuracy = fashion_mnist_judge.load_or_train(args.cache, images.shape[1])
             print(f"garment judge: {test_accuracy:.3f} accuracy on the real grey test images", flush=True)

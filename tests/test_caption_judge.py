@@ -139,6 +139,11 @@ def test_read_lines_skips_blank_lines_unless_the_file_holds_only_the_empty_capti
     path = tmp_path / "prompts.txt"
     path.write_text("a red sandal on a blue background\n\n  \nsandal in red, blue background\n", encoding="utf-8")
     assert judging.read_lines(path) == ["a red sandal on a blue background", "sandal in red, blue background"]
+    # text_sample.py's prompts.txt: line i is sample i's prompt, so a blank line stays (and cannot be scored)
+    per_sample = judging.read_lines(path, per_sample=True)
+    assert per_sample == ["a red sandal on a blue background", "", "  ", "sandal in red, blue background"]
+    with pytest.raises(ValueError, match="cannot read the caption ''"):
+        judging.requested(per_sample, 4)
     path.write_text("\n\n", encoding="utf-8")  # prompts.txt of two samples of the empty caption
     assert judging.read_lines(path) == ["", ""]
     with pytest.raises(ValueError, match="for samples of the empty caption pass --prompts"):
@@ -350,6 +355,12 @@ def write_float_npz(folder):
     return path
 
 
+def write_npy(folder):
+    path = folder / "samples.npy"
+    np.save(path, np.zeros((2, 28, 28, 3), np.uint8))
+    return path
+
+
 def write_npz_alone(folder):
     (folder / "alone").mkdir()
     path = folder / "alone" / "samples.npz"
@@ -369,6 +380,8 @@ def write_prompts(text):
 @pytest.mark.parametrize("make, flags, message", [
     (lambda folder: folder / "nope.npz", [], r"\S*nope\.npz: no such file; pass the npz a sampling script wrote"),
     (write_npz_without_arr_0, [], r"\S*samples\.npz holds \['images'\], not arr_0 \(images\)"),
+    (write_npy, [], r"\S*samples\.npy is not a complete \.npz file \(File is not a zip file: .*\); expected an \.npz "
+                    r"written by np\.savez: a batch \(arr_0 = uint8 images \[N, H, W, 3\]\).*"),
     (write_float_npz, [], r"expected RGB images uint8 \[N, H, W, 3\], got float32 \(2, 28, 28, 3\): .*"),
     (write_npz_alone, [], r"\S*alone/prompts\.txt: no such file; pass --prompts with the captions \S*alone/"
                           r"samples\.npz asked for"),

@@ -188,7 +188,8 @@ def test_the_caption_is_encoded_once_per_batch(scale):
     second = sample_batch(SeededBatch(0, range(3, 5)))
     rows = 2 if guidance else 1
     assert calls == [3 * rows, 2 * rows]  # one encoding per batch, of the doubled batch under guidance
-    model.cache_text_emb = False  # without the cache: the same samples, one encoding per step
+    assert not model.cache_text_emb  # the cache was for those batches only: without it, the same samples and
+    # one encoding per step
     calls.clear()
     batch = SeededBatch(0, range(0, 3))
     uncached = draw(diffusion, model, batch, (3, 3, 16, 16), "cpu", SampleConfig(progress=False),

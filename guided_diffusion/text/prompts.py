@@ -93,12 +93,13 @@ def encoded_once(model, sample_fn):
     """sample_fn(), with the text model's encoding cached (cache_text_emb) for that call only: the transformer
     runs once, on the first forward (the doubled batch [captions; empty captions] under classifier-free
     guidance), and every later step reuses it."""
-    model.cache_text_emb = True
+    previous, model.cache_text_emb = model.cache_text_emb, True
     model.del_cache()
     try:
         return sample_fn()
     finally:
         model.del_cache()
+        model.cache_text_emb = previous
 
 
 def prompt_sampler(diffusion, model, prompts, sample_shape, device, config, guidance=()):
