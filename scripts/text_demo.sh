@@ -64,13 +64,14 @@ if [ "$FID" = 1 ]; then
   step "rendering real images of the prompts: 10,000 of the test split (the reference), 1,000 of the training split (the floor)"
   $JUDGE real "$RUN/prompts.txt" "$RUN/real_t10k.npz" --per_prompt 200 --split t10k
   $JUDGE real "$RUN/prompts.txt" "$RUN/real_train.npz" --per_prompt 20 --split train
-  FID_FLAGS="--ref_batch $RUN/real_t10k.npz --real_images $RUN/real_train.npz"
+  python evaluations/evaluator.py --save_stats "$RUN/real_t10k_stats.npz" "$RUN/real_t10k.npz"  # one Inception pass
+  FID_FLAGS="--ref_batch $RUN/real_t10k_stats.npz --real_images $RUN/real_train.npz"
 fi
 step "judging garment, garment colour and background colour of every sample"
 $JUDGE score --cache "$JUDGE_CACHE" --json "$RUN/accuracy.json" $FID_FLAGS \
   "$RUN"/conditional/samples_*.npz "$RUN"/guided/samples_*.npz
 $JUDGE score --cache "$JUDGE_CACHE" --json "$RUN/accuracy_empty_caption.json" --prompts "$RUN/prompts.txt" \
-  $( [ "$FID" = 1 ] && echo "--ref_batch $RUN/real_t10k.npz" ) "$RUN"/empty_caption/samples_*.npz
+  $( [ "$FID" = 1 ] && echo "--ref_batch $RUN/real_t10k_stats.npz" ) "$RUN"/empty_caption/samples_*.npz
 step "done: grids (one row per prompt, the 10 unseen combinations first) in $RUN/*/prompts_grid.png, samples in
   $RUN/*/samples_*.npz, accuracies in $RUN/accuracy*.json. More samples (the flags come from the checkpoint's run):
   python scripts/text_sample.py --model_path $MODEL --prompt \"a red sandal on a blue background\" --guidance_scale 3"

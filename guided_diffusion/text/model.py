@@ -122,9 +122,12 @@ class TextUNet(UNetModel):
         self.image_channels, self.inpaint, self.super_res = in_channels, inpaint, super_res
         self.text_ctx, self.xf_width, self.xf_padding = text_ctx, xf_width, xf_padding
         self.tokenizer = tokenizer
-        self.positional_embedding = nn.Parameter(th.randn(text_ctx, xf_width) * 0.01)  # (GLIDE's are loaded)
+        # GLIDE's release leaves these uninitialised (its weights are loaded). Positions and padding start at the
+        # scale of nn.Embedding's N(0, 1) tokens, so that word order is visible from the first step: at
+        # N(0, 0.01^2) "a red coat on a blue background" and its colours swapped encode alike (docs/text.md).
+        self.positional_embedding = nn.Parameter(th.randn(text_ctx, xf_width))
         if xf_padding:
-            self.padding_embedding = nn.Parameter(th.randn(text_ctx, xf_width) * 0.01)
+            self.padding_embedding = nn.Parameter(th.randn(text_ctx, xf_width))
         self.transformer = Transformer(xf_width, xf_layers, xf_heads)
         self.final_ln = LayerNorm32(xf_width) if xf_final_ln else None
         self.token_embedding = nn.Embedding(n_vocab, xf_width)
