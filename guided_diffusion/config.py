@@ -62,7 +62,8 @@ class DiffusionConfig:
     diffusion_steps: int = flag(1000, "number of diffusion steps T of the training schedule")
     noise_schedule: Literal["linear", "cosine"] = flag("linear", "beta schedule")
     timestep_respacing: str = flag(
-        "", 'steps to sample with: "ddimN" or comma-separated counts per section ("250"); "" keeps all T'
+        "", 'steps to sample with: "ddimN", comma-separated counts per section ("250") or the timesteps '
+        '("at:991,597"); "" keeps all T'
     )
     use_kl: bool = flag(False, "train on the variational bound (KL) instead of the simple MSE")
     predict_xstart: bool = flag(False, "the model predicts x_0 instead of the noise eps")
@@ -189,9 +190,10 @@ class SamplerConfig:
     """The sampler and its options (each option applies to the samplers named in its help)."""
 
     use_ddim: bool = flag(False, "the release's switch for --sampler ddim")
-    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "heun"] = flag(
-        "ddpm", "ddpm (ancestral), ddim, dpm++2m (DPM-Solver++(2M)), dpm++2m-sde (its stochastic form) or heun "
-        "(Karras et al.'s 2nd order, 2 evaluations a step); the step count is --timestep_respacing's"
+    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "heun", "consistency"] = flag(
+        "ddpm", "ddpm (ancestral), ddim, dpm++2m (DPM-Solver++(2M)), dpm++2m-sde (its stochastic form), heun "
+        "(Karras et al.'s 2nd order, 2 evaluations a step) or consistency (a distilled model: --timestep_respacing "
+        "N is N evaluations, at:T1,T2,... those timesteps); the step count is --timestep_respacing's"
     )
     eta: float = flag(-1.0, "ddim's and dpm++2m-sde's noise scale (-1: the sampler's default, 0 for ddim, 1 for "
                       "dpm++2m-sde; ddim with eta 1 is DDPM-like, dpm++2m-sde with eta 0 is dpm++2m)")
@@ -202,8 +204,8 @@ class SamplerConfig:
     lower_order_final: bool = flag(False, "dpm++2m, dpm++2m-sde: first-order last step (steadier at few steps)")
     dynamic_threshold: float = flag(0.0, "dynamic thresholding of x_0 at this quantile, e.g. 0.995 (0: off)")
     reclip_guided: Literal["auto", "True", "False"] = flag(
-        "auto", "clip x_0 again after a score guide's shift (auto: on for dpm++2m, dpm++2m-sde and heun, off for "
-        "the release's ddim)"
+        "auto", "clip x_0 again after a score guide's shift (auto: on for dpm++2m, dpm++2m-sde, heun and "
+        "consistency, off for the release's ddim)"
     )
 
 
@@ -348,6 +350,46 @@ class TextTrainConfig(TrainConfig):
                                        "(mask all 0: text to image, as with no known image)")
     inpaint_min_area: float = flag(0.1, "inpaint: the least share of an image a random rectangle mask leaves unknown")
     inpaint_max_area: float = flag(0.75, "inpaint: the most share of an image a random rectangle mask leaves unknown")
+
+
+@dataclass
+class ConsistencyConfig(TrainConfig):
+    """consistency_train: consistency distillation (CD) of a teacher, or consistency training (CT), of a student
+    with the teacher's architecture on its whole schedule (docs/distillation.md)."""
+
+    teacher_path: str = flag("", "the diffusion checkpoint distilled (CD) or tuned (CT): its run's model and "
+                             "diffusion flags, and the student's first weights (\"\": CT from scratch)")
+    training_mode: Literal["consistency_distillation", "consistency_training"] = flag(
+        "consistency_distillation", "CD: the teacher's ODE step from the noisier level gives the target's input; "
+        "CT: the same noise at the lower level, no teacher evaluated")
+    num_scales: int = flag(40, "N, the grid's noise levels with --scale_mode fixed (consistency_models' CD: 40)")
+    scale_mode: Literal["fixed", "progressive", "exponential"] = flag(
+        "fixed", "N: --num_scales; progressive: from --start_scales to --end_scales + 1 over --total_training_steps "
+        "(consistency_models' CT); exponential: doubling from --start_scales (improved CT)")
+    start_scales: int = flag(2, "s0, N at step 0 of a growing grid (and the exponent of the adaptive mu)")
+    end_scales: int = flag(40, "s1: a growing grid has s1 + 1 levels at --total_training_steps (on 1000 steps at most "
+                           "60 levels fit a cosine schedule, 69 a linear one)")
+    target_ema_mode: Literal["fixed", "adaptive"] = flag(
+        "fixed", "the target's EMA rate: --start_ema, or adaptive mu = exp(s0 log(start_ema) / (N - 1)) (with "
+        "--scale_mode progressive)")
+    start_ema: float = flag(0.95, "mu0, the target network's EMA rate (0: the target is the student, improved CT)")
+    total_training_steps: int = flag(600000, "K, the steps over which a growing grid grows; the run ends there "
+                                     "unless --max_steps")
+    max_steps: int = flag(0, "stop after this many completed steps (0: at --total_training_steps)")
+    loss_norm: Literal["l2", "l1", "pseudo-huber"] = flag(
+        "l2", "the distance d(f(x_hi), f^-(x_lo)): mean squared, mean absolute, or improved CT's pseudo-Huber "
+        "sqrt(|a - b|^2 + c^2) - c (LPIPS is not available offline)")
+    weight_schedule: Literal["uniform", "snr", "snr+1", "karras", "truncated-snr", "ict"] = flag(
+        "uniform", "lambda(sigma_hi): 1, sigma^-2, sigma^-2 + 1, sigma^-2 + 4 (karras), max(sigma^-2, 1), or "
+        "1 / (sigma_hi - sigma_lo) (improved CT)")
+    huber_c: float = flag(0.0, "pseudo-huber's c (0: improved CT's 0.00054 sqrt(C H W))")
+    teacher_solver: Literal["heun", "euler"] = flag("heun", "CD: the teacher's unclipped step from sigma_hi to "
+                                                    "sigma_lo (heun: two evaluations)")
+    sigma_max: float = flag(80.0, "the grid's largest noise level, capped at the schedule's largest sigma_t")
+    guidance_scale: float = flag(1.0, "CD of a teacher trained with label dropout: its evaluations use the "
+                                 "classifier-free guided eps_u + W (eps_c - eps_u), W baked in (1: unguided)")
+    schedule_sampler: Literal["uniform"] = flag("uniform", "unused: the consistency loss draws grid levels "
+                                                "uniformly")
 
 
 @dataclass

@@ -44,6 +44,7 @@ CHECKPOINT_FLAGS = {
     "classifier_path": ((ClassifierConfig,), ()),
     "resume_checkpoint": (NETWORKS, DIFFUSION_FLAGS),
     "init_checkpoint": (NETWORKS, ("learn_sigma",)),  # fine-tuning keeps the weights, may change the schedule
+    "teacher_path": ((ModelConfig,), DIFFUSION_FLAGS),  # consistency_train: the student is the teacher's network
 }
 # Flags a command line may set against the checkpoint: none changes a weight or what the weights compute.
 FREE_FLAGS = {f.name for cls in NETWORKS for f in dataclasses.fields(cls) if f.metadata["free_on_resume"]} | {

@@ -98,6 +98,38 @@ def heun(denoise, x, timesteps, *, noise_fn=th.randn_like, churn=0.0, s_tmin=0.0
         yield {"sample": x, "pred_xstart": prediction["pred_xstart"]}
 
 
+def consistency(denoise, x, timesteps, *, noise_fn=th.randn_like):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) of a consistency model in ADM form
+    (distill.parameterisation.VPModel): one evaluation at each visited step but t = 0.
+
+    At a visited step of level s (x_VE = x_t / alpha_t the sigma view) the consistency function is
+    f = (s_0 / s) x_VE + (1 - s_0 / s) x0_hat, x0_hat the denoiser's (guided, clipped) prediction and s_0 the
+    level of the ORIGINAL schedule's t = 0, whatever the respacing keeps: f(x, s_0) = x_VE there, never
+    evaluated. x_0 = f (clipped when clip_denoised) goes on to the next visited step j as x_j = alpha_j (x_0 +
+    sqrt(s_j^2 - s_0^2) z) plus an after_step guide's shift, one noise_fn draw (times 0 into t = 0, as
+    consistency_models draws); the last step returns x_0. From x_T = z at level s_1 this is consistency_models'
+    sampler started from x_VE = sqrt(1 + s_1^2) z, its sigma_max z to 1e-4 at s_1 = 80.
+    """
+    schedule = denoise.schedule
+    original = schedule.original_steps()
+    alpha_bar = schedule.original_alphas_cumprod
+    s = np.sqrt(1 / alpha_bar - 1)  # s_t of every original timestep
+    visit = list(timesteps)
+    for i, j in zip(visit, visit[1:] + [None]):
+        x0, prediction = x / math.sqrt(alpha_bar[original[i]]), {}  # x_VE: f at s_0
+        if original[i] != 0:
+            prediction = denoise(x, _batch_of(i, x))
+            skip = float(s[0] / s[original[i]])
+            x0 = skip * x0 + (1 - skip) * prediction["pred_xstart"]
+        x0 = x0.clamp(-1, 1) if denoise.clip_denoised else x0
+        if j is None:
+            yield {"sample": _shifted(x0, prediction), "pred_xstart": x0}
+            return
+        spread = float(np.sqrt(s[original[j]] ** 2 - s[0] ** 2))
+        x = _shifted(math.sqrt(alpha_bar[original[j]]) * (x0 + spread * noise_fn(x0)), prediction)
+        yield {"sample": x, "pred_xstart": x0}
+
+
 def ddpm_step(denoise, x, t, noise_fn=th.randn_like):
     """One ancestral step x_t -> x_{t-1} at steps t [N]."""
     prediction, context = denoise.predict(x, t)
@@ -152,6 +184,7 @@ SAMPLERS = {
     "dpm++2m": SamplerSpec(dpmpp_2m, "score", True),
     "dpm++2m-sde": SamplerSpec(dpmpp_2m_sde, "score", True),
     "heun": SamplerSpec(heun, "score", True),
+    "consistency": SamplerSpec(consistency, "score", True),
 }
 
 

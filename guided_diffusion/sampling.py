@@ -1,6 +1,7 @@
 """The sampling scripts' run: load the model, draw every sample index with all ranks busy, gather the
 images in index order on rank 0 and save them (seeds: sample_seeds.py; files: sample_io.py)."""
 
+import dataclasses
 import math
 
 import torch as th
@@ -8,8 +9,9 @@ import torch.distributed as dist
 
 from . import dist_util, logger
 from .checkpoint import load_checkpoint
-from .config import SamplerConfig
+from .config import DiffusionConfig, SamplerConfig
 from .guidance import ClassifierFreeGuidance
+from .respace import consistency_respacing
 from .run_flags import start_run
 from .sample_io import save_samples, to_uint8_nhwc
 from .sample_seeds import SeededBatch, resolve_seed, shard_range
@@ -18,15 +20,31 @@ from .samplers import SAMPLERS, resolve_sampler, sample
 
 def start_sampling(parser, config_classes, argv=None, before_writing=None):
     """run_flags.start_run: the configs of the command line (argv: sys.argv[1:] when None), the flags of
-    the checkpoints it names filled from their runs, the sampler options checked, then the script's own
-    before_writing(configs, log_dir) -> [warning] checks; the processes and the log dir set up."""
+    the checkpoints it names filled from their runs, the sampler options and --timestep_respacing checked,
+    then the script's own before_writing(configs, log_dir) -> [warning] checks; the processes and the log
+    dir set up. The DiffusionConfig returned has the timestep_respacing the sampler reads (sampler_respacing)."""
     def check(configs, log_dir):
-        for config in configs:
-            if isinstance(config, SamplerConfig):
-                sampler_keywords(config)  # a sampler option the sampler does not take stops the run here
+        for_sampler(configs)  # a sampler option or a respacing the sampler does not take stops the run here
         return before_writing(configs, log_dir) if before_writing else []
 
-    return start_run(parser, config_classes, argv, before_writing=check)
+    return for_sampler(start_run(parser, config_classes, argv, before_writing=check))
+
+
+def sampler_respacing(sampler, respacing):
+    """The timestep_respacing to build `sampler`'s diffusion with, for --timestep_respacing `respacing`: as
+    given, but --sampler consistency reads N and at:T1,T2,... as its evaluations (consistency_respacing)."""
+    return consistency_respacing(respacing) if sampler == "consistency" else respacing
+
+
+def for_sampler(configs):
+    """configs (a tuple) with the DiffusionConfig's timestep_respacing as the SamplerConfig's sampler reads it
+    (sampler_respacing), the sampler options checked (sampler_keywords); as they are without a SamplerConfig."""
+    sampler_config = next((config for config in configs if isinstance(config, SamplerConfig)), None)
+    if sampler_config is None:
+        return configs
+    sampler = sampler_keywords(sampler_config)["sampler"]
+    return tuple(dataclasses.replace(config, timestep_respacing=sampler_respacing(sampler, config.timestep_respacing))
+                 if isinstance(config, DiffusionConfig) else config for config in configs)
 
 
 def load_for_sampling(model, path, device, flag="--model_path"):

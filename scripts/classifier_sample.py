@@ -1,7 +1,8 @@
 """
 Like image_sample.py, but use a noisy image classifier to guide the sampling process towards more
 realistic images (classifier guidance, Dhariwal & Nichol 2021): at every step the gradient of
-log p(y | x_t, t), times --classifier_scale, shifts the mean (DDPM) or the score (DDIM, DPM-Solver++).
+log p(y | x_t, t), times --classifier_scale, shifts the mean (DDPM) or the score (every other --sampler,
+--sampler consistency's x_0 estimate among them).
 
     mpiexec -n 8 python scripts/classifier_sample.py --preset adm128_cond,classifier128 \\
         --model_path 128x128_diffusion.pt --classifier_path 128x128_classifier.pt \\

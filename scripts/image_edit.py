@@ -10,6 +10,8 @@ prompts, prompts.txt (line i: input i's prompt) in the log dir.
         --mask box --method repaint --timestep_respacing 50
     python scripts/image_edit.py ... --task super_res --factor 4 --zeta 1 --sampler ddpm --timestep_respacing 100
     python scripts/image_edit.py ... --task sdedit --strength 0.6 --target_class 3 --guidance_scale 3
+    python scripts/image_edit.py --model_path distilled.pt ... --task sdedit --strength 0.6 --sampler consistency \
+        --timestep_respacing at:597
     python scripts/image_edit.py --model_path inpaint_run/ema_0.9999_100000.pt --input photos --task inpaint \\
         --method glide --prompt "a red dress" --guidance_scale 3 --sampler dpm++2m --timestep_respacing 25
 

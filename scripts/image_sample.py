@@ -8,6 +8,8 @@ produce samples for FID evaluation.
 
 A model trained with --class_dropout_prob > 0 samples with classifier-free guidance at
 --guidance_scale W > 1; --sampler dpm++2m --timestep_respacing 20 is a fast deterministic sampler.
+A distilled model (consistency_train.py) samples with --sampler consistency in N evaluations:
+--timestep_respacing N (its default levels, e.g. 2) or at:T1,T2,... (those original timesteps).
 """
 
 from guided_diffusion import dist_util, logger, sampling

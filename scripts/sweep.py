@@ -7,11 +7,15 @@ and plots.
         --samplers ddpm,ddim,dpm++2m --spacings even,ddim --steps 10,20,50,250 \
         --classifier_scales 0.5,1,2 --guidance_samplers dpm++2m --guidance_steps 10,20,50 \
         --guidance_baseline ddpm:250 --num_samples 10000 --out_dir sweep64
+    python scripts/sweep.py --model_path student/ema_0.9999_100000.pt --ref_batch VIRTUAL_imagenet64_labeled.npz \
+        --samplers consistency --steps 1,2,4 --middle_steps 400,500,597,700,800 --out_dir sweep_student
 
 Runs, each drawing --num_samples images from the same initial noise, labels and step noise: unguided
-(every sampler of --samplers x spacing of --spacings x count of --steps) and guided (classifier
-guidance at each of --classifier_scales, classifier-free guidance at each of --guidance_scales, each
-with every --guidance_samplers x --guidance_spacings x --guidance_steps, and with --guidance_baseline).
+(every sampler of --samplers x spacing of --spacings x count of --steps; for --samplers consistency, a
+distilled model, the count is its evaluations), the search of a distilled model's middle step (two-step
+consistency runs at:T1,t, one per t of --middle_steps) and guided (classifier guidance at each of
+--classifier_scales, classifier-free guidance at each of --guidance_scales, each with every
+--guidance_samplers x --guidance_spacings x --guidance_steps, and with --guidance_baseline).
 --real_images adds the floor: real images scored against the same reference. Every step count and
 spacing is checked (by building its respaced diffusion) before any work. Writes OUT_DIR/sweep.csv and
 sweep.json (one row per run, rewritten after each run), samplers.png (FID against model evaluations)
@@ -49,7 +53,8 @@ from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.run_flags import resolve_configs
 from guided_diffusion.sample_io import to_uint8_nhwc
 from guided_diffusion.sample_seeds import SeededBatch
-from guided_diffusion.sampling import free_guidance
+from guided_diffusion.respace import consistency_timesteps
+from guided_diffusion.sampling import free_guidance, sampler_respacing
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +65,8 @@ COLUMNS = ("sweep", "sampler", "spacing", "steps", "options", "nfe", "guidance",
 SPACINGS = {"even": "{}", "ddim": "ddim{}", "logsnr": "logsnr{}", "karras": "karras{}"}
 # the flags that set a run's step schedule, per sweep
 FLAGS_OF = {"samplers": "--steps / --spacings",
-            "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline"}
+            "guidance": "--guidance_steps / --guidance_spacings / --guidance_baseline",
+            "middle": "--middle_steps"}
 # samplers.sample_steps arguments that the sweep sets itself or that take objects (the others are --sampler_options)
 SET_BY_SWEEP = ("sampler", "guidance", "cond_fn", "noise", "clip_denoised", "denoised_fn", "model_kwargs", "device",
                 "progress", "noise_fn", "start_step")
@@ -79,7 +85,8 @@ class SweepConfig:
         "even", "step schedules of the unguided runs, comma-separated: even (--timestep_respacing N, 0 to T-1), "
         "ddim (ddimN: a fixed stride from 0, skipping T-1), logsnr (logsnrN), karras (karrasN)"
     )
-    steps: str = flag("10,20,50,100,250", "step counts of the unguided runs, comma-separated (each at least 2)")
+    steps: str = flag("10,20,50,100,250", "step counts of the unguided runs, comma-separated (each at least 2; "
+                      "consistency: its evaluations, at least 1)")
     sampler_options: str = flag(
         "", 'keyword arguments of the samplers, e.g. "eta=1,churn=10": each goes to every sampler of the sweep '
         "that takes it (the table's options column), a key no sampler takes is an error"
@@ -89,6 +96,11 @@ class SweepConfig:
     guidance_samplers: str = flag("ddpm", "samplers of the guided runs, comma-separated")
     guidance_spacings: str = flag("even", "step schedules of the guided runs (as --spacings), comma-separated")
     guidance_steps: str = flag("250", "step counts of the guided runs, comma-separated")
+    middle_steps: str = flag(
+        "", "the middle step's search of a distilled model: a two-step --sampler consistency run at:T1,t for each "
+        "original timestep t given, comma-separated, T1 its one-step level (sigma 80); table rows \"middle\" "
+        "(\"\": none)"
+    )
     guidance_baseline: str = flag(
         "", 'SAMPLER:N, e.g. "ddpm:250": the guided runs at every scale also with SAMPLER at N evenly spaced '
         "steps (the release's guided sampling), to compare the fast ones with (\"\": none)"
@@ -126,7 +138,7 @@ class Run:
     """One point of the sweep: a sampler (with its options) at a step schedule, with one kind of
     guidance at a scale. options: ((keyword, value), ...)."""
 
-    sweep: Literal["samplers", "guidance"]
+    sweep: Literal["samplers", "guidance", "middle"]
     sampler: str
     spacing: str
     steps: int
@@ -141,9 +153,11 @@ class Run:
 
     @property
     def name(self):
-        """A file name of the run, e.g. "dpm++2m-sde_100_eta=2.0" or "ddim_ddim20_classifier-free4"."""
+        """A file name of the run, e.g. "dpm++2m-sde_100_eta=2.0", "ddim_ddim20_classifier-free4" or
+        "consistency_at991-597"."""
         guidance = () if self.guidance == "none" else (f"{self.guidance}{self.scale:g}",)
-        return "_".join((self.sampler, self.respacing, *guidance, *(f"{k}={v}" for k, v in self.options)))
+        schedule = self.respacing.replace(":", "").replace(",", "-")
+        return "_".join((self.sampler, schedule, *guidance, *(f"{k}={v}" for k, v in self.options)))
 
 
 def _items(text):
@@ -170,8 +184,9 @@ def _names(config, flag_name, known):
 
 
 def respacing(steps, spacing):
-    """The --timestep_respacing of `steps` steps under a --spacings name ("even": "N", "ddim": "ddimN", ...)."""
-    return SPACINGS[spacing].format(steps)
+    """The --timestep_respacing of `steps` steps under a --spacings name ("even": "N", "ddim": "ddimN", ...),
+    or the spacing itself when it lists the timesteps ("at:991,597")."""
+    return spacing if spacing.startswith("at:") else SPACINGS[spacing].format(steps)
 
 
 def sampler_keywords(name):
@@ -234,14 +249,28 @@ def _schedules(config, prefix):
             for n in _numbers(config, prefix + "steps", int)]
 
 
-def plan_runs(config, model_config):
-    """The sweep's runs in order: unguided (sampler x spacing x steps), then classifier, then
-    classifier-free guided (each scale x sampler x spacing x steps, then the baseline); no run twice."""
+def middle_runs(config, diffusion_config):
+    """--middle_steps' runs: two-step consistency sampling at:T1,t for each listed t, T1 the one-step level."""
+    middles = _numbers(config, "middle_steps", int)
+    if not middles:
+        return []
+    first = consistency_timesteps(build_diffusion(diffusion_config).alphas_cumprod, 1)[0]
+    outside = [t for t in middles if not 0 < t < first]
+    if outside:
+        raise ValueError(f"--middle_steps {outside[0]}: a middle step lies between t = 0 and the first step, "
+                         f"t = {first}: give timesteps in [1, {first - 1}]")
+    return [Run("middle", "consistency", f"at:{first},{t}", 2) for t in middles]
+
+
+def plan_runs(config, model_config, diffusion_config):
+    """The sweep's runs in order: unguided (sampler x spacing x steps), the middle step's search, then
+    classifier, then classifier-free guided (each scale x sampler x spacing x steps, then the baseline); no
+    run twice."""
     schedules = _schedules(config, "")
     guided_schedules = _schedules(config, "guidance_") + _baseline(config.guidance_baseline, tuple(samplers.SAMPLERS))
     scales = {"classifier": _numbers(config, "classifier_scales", float),
               "classifier-free": _numbers(config, "guidance_scales", float)}
-    runs = [Run("samplers", *schedule) for schedule in schedules]
+    runs = [Run("samplers", *schedule) for schedule in schedules] + middle_runs(config, diffusion_config)
     runs += [Run("guidance", *schedule, kind, scale)
              for kind, kind_scales in scales.items() for scale in kind_scales for schedule in guided_schedules]
     if any(scales.values()) and not guided_schedules:
@@ -257,29 +286,27 @@ def plan_runs(config, model_config):
 
 
 def respaced_diffusions(runs, diffusion_config):
-    """{respacing: the diffusion respaced to it} for every run's schedule, all built now, so that an
-    impossible step count or spacing is an error before any work."""
-    diffusions = {}
+    """{run: its diffusion, respaced as its sampler reads its schedule (sampling.sampler_respacing)}, all
+    built now, so that an impossible step count or spacing is an error before any work."""
+    built, diffusions = {}, {}
     for run in runs:
-        if run.steps < 2:
-            raise ValueError(f"{run.sampler} at {run.steps} step(s): a sampling run needs at least 2 steps "
-                             f"({FLAGS_OF[run.sweep]})")
-        if run.respacing not in diffusions:
-            try:
-                diffusions[run.respacing] = build_diffusion(
-                    dataclasses.replace(diffusion_config, timestep_respacing=run.respacing))
-            except ValueError as error:
-                raise ValueError(f"{run.steps} steps with spacing {run.spacing!r}: --timestep_respacing "
-                                 f"{run.respacing!r} fails for a {diffusion_config.diffusion_steps}-step diffusion "
-                                 f"({error}); choose other {FLAGS_OF[run.sweep]}") from None
+        try:
+            spaced = sampler_respacing(run.sampler, run.respacing)
+            if spaced not in built:
+                built[spaced] = build_diffusion(dataclasses.replace(diffusion_config, timestep_respacing=spaced))
+        except ValueError as error:
+            raise ValueError(f"{run.sampler} at {run.steps} steps with spacing {run.spacing!r}: --timestep_respacing "
+                             f"{run.respacing!r} fails for a {diffusion_config.diffusion_steps}-step diffusion "
+                             f"({error}); choose other {FLAGS_OF[run.sweep]}") from None
+        diffusions[run] = built[spaced]
     return diffusions
 
 
 def check_config(config, model_config, diffusion_config):
-    """(runs, {respacing: diffusion}) of a sweep whose every part is possible; a ValueError names what is not."""
+    """(runs, {run: diffusion}) of a sweep whose every part is possible; a ValueError names what is not."""
     if diffusion_config.timestep_respacing:
         raise ValueError("--timestep_respacing is set per run by the sweep: use --steps and --spacings")
-    runs = plan_runs(config, model_config)
+    runs = plan_runs(config, model_config, diffusion_config)
     if not runs and not config.real_images:
         raise ValueError("nothing to run: give --samplers and --steps, guidance scales, or --real_images")
     if not config.ref_batch:
@@ -444,8 +471,8 @@ def main(argv=None):
         classifier = load_classifier(classifier_config, config.classifier_path, device)
     for run in runs:
         guides = guides_for(run, classifier, model)
-        images, labels, nfe, seconds = draw_samples(run, model, diffusions[run.respacing], guides, model_config,
-                                                    config, device)
+        images, labels, nfe, seconds = draw_samples(run, model, diffusions[run], guides, model_config, config,
+                                                    device)
         judged = labels if model_config.class_cond or run.guidance == "classifier" else None
         row = dataclasses.asdict(run) | score(images, judged, features_path(config, run.name)) | dict(
             options=",".join(f"{k}={v}" for k, v in run.options), nfe=nfe, images_per_s=len(images) / seconds,

@@ -371,6 +371,11 @@ def test_measurement_guidance_differentiates_the_residual_through_the_model():
     assert th.equal(out["mean"], plain["mean"]) and not out["mean"].requires_grad
 
 
+# a consistency step keeps of the shifted x_t only what its x_0 estimate reads (the rest is fresh noise): at
+# zeta 0.5 it takes the error to 0.73 of the unguided one, at 2 to 0.32
+DPS_ZETA = {"consistency": 2.0}
+
+
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_measurement_guidance_pulls_every_sampler_toward_the_measurement(sampler):
     forward = lambda x0: x0[..., :1]  # noqa: E731: the left column is measured
@@ -379,7 +384,8 @@ def test_measurement_guidance_pulls_every_sampler_toward_the_measurement(sampler
     def error(x0):
         return (forward(x0) - y).abs().mean().item()
 
-    guided = run(sampler, MeasurementGuidance(forward, y, zeta=0.5), clip_denoised=True)
+    zeta = DPS_ZETA.get(sampler, 0.5)
+    guided = run(sampler, MeasurementGuidance(forward, y, zeta=zeta), clip_denoised=True)
     assert error(guided) < 0.6 * error(run(sampler, clip_denoised=True))
 
 

@@ -186,5 +186,5 @@ def test_fewer_than_two_or_more_than_t_steps_are_refused(respacing):
 def test_noise_level_spacings_need_the_schedule_and_unknown_forms_are_named():
     with pytest.raises(ValueError, match="needs the schedule's alphas_cumprod"):
         space_timesteps(1000, "karras10")
-    with pytest.raises(ValueError, match="ddimN, logsnrN or karrasN"):
+    with pytest.raises(ValueError, match="ddimN, logsnrN, karrasN, consistencyN or at:T1,T2"):
         space_timesteps(1000, "edm10")

@@ -234,7 +234,7 @@ def test_new_samplers_and_their_options_flow_in_without_edits(monkeypatch):
     monkeypatch.setattr(samplers, "sample_steps", sample_steps)  # an option of every sampler
     config = sweep.SweepConfig(samplers="churned,ddpm", steps="5",
                                sampler_options="churn=10,lower_order_final=False,dynamic_threshold=0.995")
-    runs = sweep.plan_runs(config, sweep.ModelConfig())
+    runs = sweep.plan_runs(config, sweep.ModelConfig(), sweep.DiffusionConfig())
     assert [(run.sampler, run.options) for run in runs] == [
         ("churned", (("churn", 10.0), ("lower_order_final", False), ("dynamic_threshold", 0.995))),
         ("ddpm", (("dynamic_threshold", 0.995),))]
