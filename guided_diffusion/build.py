@@ -100,6 +100,7 @@ def build_unet(config, learn_sigma=False):
         channel_mult=channel_mult,
         use_new_attention_order=config.use_new_attention_order,
         class_dropout_prob=config.class_dropout_prob,
+        guidance_embed=config.guidance_embed,
     )
 
 

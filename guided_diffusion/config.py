@@ -109,6 +109,8 @@ class ModelConfig(UNetConfig):
     channel_mult: str = flag("", 'width multiplier per level, e.g. "1,2,2,4" ("": the image size\'s default)')
     use_new_attention_order: bool = flag(False, "split qkv into q, k, v before heads (64x64 model)")
     class_dropout_prob: float = flag(0.0, "replace labels by a null class with this probability (for --guidance_scale)")
+    guidance_embed: bool = flag(False, "take the guidance scale W as an input (a consistency student, set by "
+                                "consistency_train.py --guidance_scale_max)")
 
 
 @dataclass
@@ -388,6 +390,8 @@ class ConsistencyConfig(TrainConfig):
     sigma_max: float = flag(80.0, "the grid's largest noise level, capped at the schedule's largest sigma_t")
     guidance_scale: float = flag(1.0, "CD of a teacher trained with label dropout: its evaluations use the "
                                  "classifier-free guided eps_u + W (eps_c - eps_u), W baked in (1: unguided)")
+    guidance_scale_max: float = flag(1.0, "CD of a teacher trained with label dropout: each example's W ~ U[1, W_max] "
+                                     "guides the teacher and is the student's input (--guidance_embed); 1: off")
     schedule_sampler: Literal["uniform"] = flag("uniform", "unused: the consistency loss draws grid levels "
                                                 "uniformly")
 

@@ -27,6 +27,8 @@ gradient (`condition_score`), eps read from the clipped x_0. A guide's class att
   replaced by the rows (e.g. {"y": the null class}, or the empty caption's {"tokens", "mask"}), in the
   same batched forward, and "eps_uncond" is in the guides' prediction. null_class = a label is the
   release-era shorthand for unconditional = {"y": label}.
+- model_inputs = {model keyword: value}: it shifts nothing and is not called; the model gets these
+  keywords (GuidanceScaleInput: W for a model that takes it as an input).
 
 A plain function is a guide too (all attributes off).
 """
@@ -71,7 +73,7 @@ class ClassifierFreeGuidance:
     with [condition; unconditional] in one batched forward; the gradient of the implicit classifier,
     (scale - 1) (eps_u - eps_c) / sqrt(1 - alpha_bar_t), shifts the model's raw eps (on_model_output),
     before x_0 is derived and clipped. scale = 1 is plain conditional sampling; learned variances come
-    from the conditional branch.
+    from the conditional branch. scale: a number, or a tensor [N] with each example's own.
     """
 
     on_model_output = True
@@ -88,8 +90,17 @@ class ClassifierFreeGuidance:
         self.unconditional = {"y": th.tensor(null_class)} if unconditional is None else dict(unconditional)
 
     def __call__(self, x, t, prediction, **model_kwargs):
+        scale = self.scale.view(-1, *[1] * (x.dim() - 1)) if th.is_tensor(self.scale) else self.scale
         difference = prediction["eps_uncond"] - prediction["eps"]
-        return (self.scale - 1) * difference / (1 - prediction["alpha_bar"]).sqrt()
+        return (scale - 1) * difference / (1 - prediction["alpha_bar"]).sqrt()
+
+
+class GuidanceScaleInput:
+    """Guidance at W for a model that takes W as an input (a consistency student distilled with
+    --guidance_scale_max): the model sees guidance_scale = W, one evaluation per step, nothing shifted."""
+
+    def __init__(self, scale):
+        self.model_inputs = {"guidance_scale": scale}
 
 
 class CondFnGuidance:
@@ -201,8 +212,8 @@ class GuidedDenoiser:
     so a subclass's overrides take effect); guides: guide callables (above); on: "mean" (DDPM) or
     "score" (the other samplers), where guides without on_model_output / after_step act;
     reclip_guided: clip x_0 again (denoised_fn, then clip_denoised) after a score guide's shift.
-    model_kwargs go to the model and to every guide. "sample_shift", when after_step guides exist, is
-    what the sampler adds to its x_{t-1}.
+    model_kwargs, with the guides' model_inputs, go to the model and to every guide. "sample_shift", when
+    after_step guides exist, is what the sampler adds to its x_{t-1}.
 
     denoise.predict(x, t) and denoise.guide(*...) are the two halves of a call, so that a sampler can
     draw random numbers between them (DDPM draws its noise before the guides, as the release does).
@@ -218,9 +229,11 @@ class GuidedDenoiser:
         self.model = model
         self.clip_denoised = clip_denoised
         self.denoised_fn = denoised_fn
-        self.model_kwargs = model_kwargs or {}
+        inputs = [guide for guide in guides if _declares(guide, "model_inputs")]
+        self.model_kwargs = functools.reduce(lambda kwargs, guide: {**kwargs, **guide.model_inputs}, inputs,
+                                             model_kwargs or {})
         self.reclip_guided = reclip_guided
-        self.guides = tuple(guides)
+        self.guides = tuple(guide for guide in guides if guide not in inputs)
         for guide in self.guides:
             if _declares(guide, "on_model_output") and _declares(guide, "after_step"):
                 raise ValueError(f"{type(guide).__name__} declares both on_model_output and after_step: choose one")

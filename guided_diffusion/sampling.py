@@ -10,7 +10,7 @@ import torch.distributed as dist
 from . import dist_util, logger
 from .checkpoint import load_checkpoint
 from .config import DiffusionConfig, SamplerConfig
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, GuidanceScaleInput
 from .respace import consistency_respacing
 from .run_flags import start_run
 from .sample_io import save_samples, to_uint8_nhwc
@@ -58,7 +58,10 @@ def load_for_sampling(model, path, device, flag="--model_path"):
 
 
 def free_guidance(guidance_scale, model):
-    """The classifier-free guides for --guidance_scale: none at 1 (plain conditional sampling)."""
+    """The classifier-free guides for --guidance_scale: none at 1 (plain conditional sampling); for a model
+    that takes W as an input (built with --guidance_embed), W given to it (GuidanceScaleInput)."""
+    if getattr(model, "guidance_embed", None) is not None:
+        return (GuidanceScaleInput(guidance_scale),)
     if guidance_scale == 1:
         return ()
     if getattr(model, "null_class", None) is None:

@@ -432,6 +432,9 @@ class _UNetTorso(nn.Module):
         yield self.middle_block(h, emb, encoder_out)
 
 
+GUIDANCE_FEATURE_SCALE = 1000.0  # W - 1 in [0, 10] spreads over the timesteps' range of sinusoidal features
+
+
 def null_class_of(num_classes, class_dropout_prob):
     """The label a model trained with label dropout keeps for "no class" (num_classes), or None."""
     return num_classes if class_dropout_prob else None
@@ -466,6 +469,8 @@ class UNetModel(_UNetTorso):
         class_dropout_prob=0.0,         # > 0: a null class (label num_classes) that replaces training labels
                                         #   with this probability (classifier-free guidance); 0: as released
         encoder_channels=None,          # width of a text encoding every attention block attends to (GLIDE)
+        guidance_embed=False,           # take the guidance scale W as an input (a consistency student distilled
+                                        #   with --guidance_scale_max): its embedding's last layer zero at init
     ):
         if not 0 <= class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
@@ -500,6 +505,10 @@ class UNetModel(_UNetTorso):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = _norm_act_conv(dims, ch, out_channels, zero=True)
+        emb_channels = blocks.emb_channels  # built last: the other weights draw the same numbers as without it
+        self.guidance_embed = nn.Sequential(
+            linear(model_channels, emb_channels), nn.SiLU(), zero_module(linear(emb_channels, emb_channels))
+        ) if guidance_embed else None
         self._set_precision(use_fp16)
 
     @property
@@ -515,9 +524,10 @@ class UNetModel(_UNetTorso):
         dropped = th.rand(y.shape, device=y.device) < self.class_dropout_prob
         return th.where(dropped, th.full_like(y, self.null_class), y)
 
-    def forward(self, x, timesteps, y=None):
+    def forward(self, x, timesteps, y=None, guidance_scale=None):
         """x: [N, C, H, W]; timesteps: [N]; y: [N] class labels (class-conditional models only;
-        label num_classes is the null class when the model has one)."""
+        label num_classes is the null class when the model has one); guidance_scale: W, [N] or a number,
+        for a model built with guidance_embed only (None: W = 1, unguided)."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError(
                 "class labels y must be given if and only if the model is class-conditional "
@@ -525,9 +535,22 @@ class UNetModel(_UNetTorso):
             )
         if y is not None and y.shape != x.shape[:1]:
             raise ValueError(f"y must hold one label per image: shape [{x.shape[0]}], got {list(y.shape)}")
+        if guidance_scale is not None and self.guidance_embed is None:
+            raise ValueError("guidance_scale is an input of a model built with guidance_embed only (a consistency "
+                             "student distilled with --guidance_scale_max): guide this model with a guide instead")
         if y is not None and self.training and self.class_dropout_prob:
             y = self._drop_labels(y)
-        return self._denoise(x, self._embed(timesteps, y))
+        emb = self._embed(timesteps, y)
+        if self.guidance_embed is not None:
+            emb = emb + self._guidance_embedding(guidance_scale, x)
+        return self._denoise(x, emb)
+
+    def _guidance_embedding(self, guidance_scale, x):
+        """The embedding [N, 4 * model_channels] of W (None: 1): the MLP of the sinusoidal features of
+        GUIDANCE_FEATURE_SCALE (W - 1), as LCM embeds its w = W - 1; zero at init for every W."""
+        scale = th.as_tensor(1.0 if guidance_scale is None else guidance_scale, dtype=th.float32, device=x.device)
+        features = timestep_embedding(GUIDANCE_FEATURE_SCALE * (scale.expand(x.shape[0]) - 1), self.model_channels)
+        return self.guidance_embed(features)
 
     def _denoise(self, x, emb, encoder_out=None):
         """The UNet proper: x [N, C, H, W] and the embedding emb [N, 4 * model_channels] (and a text encoding

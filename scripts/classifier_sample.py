@@ -42,8 +42,8 @@ def main():
     sampling.load_for_sampling(classifier, run.classifier_path, device, flag="--classifier_path")
     guidance = (ClassifierGuidance(classifier, run.classifier_scale), *free_guidance)
 
-    def model_fn(x, t, y=None):
-        return model(x, t, y if model_config.class_cond else None)
+    def model_fn(x, t, y=None, **kwargs):
+        return model(x, t, y if model_config.class_cond else None, **kwargs)
 
     sample_shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
 

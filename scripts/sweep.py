@@ -330,9 +330,9 @@ class CountingModel:
         self.class_cond = class_cond
         self.images_evaluated = 0
 
-    def __call__(self, x, t, y=None):
+    def __call__(self, x, t, y=None, **kwargs):
         self.images_evaluated += len(x)
-        return self.model(x, t, y if self.class_cond else None)
+        return self.model(x, t, y if self.class_cond else None, **kwargs)
 
 
 def _synchronize(device):

@@ -1,8 +1,10 @@
 """scripts/consistency_train.py and guided_diffusion/distill/train.py on tiny_runs' 16x16 teacher (20 cosine
 steps, learned sigma, label dropout): a CD run's checkpoint set samples with --model_path alone, the student
 starts as the teacher's denoiser, exact resume with the target network and a growing grid, the target's EMA
-at mu(k), CT from scratch, guidance baked into the teacher, and the one-line refusals."""
+at mu(k), CT from scratch, guidance baked into the teacher (a fixed W, or a drawn W that the student takes as an
+input), and the one-line refusals."""
 
+import dataclasses
 import json
 import shutil
 
@@ -18,16 +20,19 @@ from guided_diffusion.distill.grid import timestep_grid
 from guided_diffusion.distill.parameterisation import VPModel
 from guided_diffusion.distill.sampling import consistency_sample
 from guided_diffusion.distill.schedules import TargetSchedule
-from guided_diffusion.distill.train import ConsistencyTrainLoop, check_teacher_classes, load_teacher
+from guided_diffusion.distill.train import (ConsistencyTrainLoop, GuidedTeacher, check_consistency_run,
+                                           check_teacher_classes, load_teacher, student_config)
+from guided_diffusion import samplers
 from guided_diffusion.errors import UsageError
 from guided_diffusion.fp16_util import STEP_TAKEN
 from guided_diffusion.run_flags import resolve_configs
+from guided_diffusion.sampling import free_guidance, sampler_respacing
 from guided_diffusion.train_setup import float32_init, run_config, training_images
 from guided_diffusion.train_util import seed_all, update_ema
 
 import test_cli_errors
 import test_help
-from _train_helpers import read_progress, run_script, to_argv
+from _train_helpers import TINY_RUN, read_progress, run_script, to_argv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,12 +139,13 @@ def consistency_loop(log_dir, data_dir, *argv):
     model_config, diffusion_config, config = resolved(CONFIGS, ["--data_dir", data_dir, *to_argv(COMMON), *argv])
     logger.configure(dir=str(log_dir))
     seed_all(0)
-    model = build_unet(float32_init(model_config), diffusion_config.learn_sigma)
+    student = student_config(model_config, config)
+    model = build_unet(float32_init(student), diffusion_config.learn_sigma)
     teacher = load_teacher(config, model_config, diffusion_config.learn_sigma)
     data = training_images(config, model_config.image_size, True, model_config.num_classes, 1)
     return ConsistencyTrainLoop(model=model, diffusion=build_diffusion(diffusion_config), data=data, config=config,
                                 teacher=teacher, use_fp16=model_config.use_fp16,
-                                run_config=run_config((model_config, diffusion_config), config, data.class_names))
+                                run_config=run_config((student, diffusion_config), config, data.class_names))
 
 
 def levels_and_inputs(loop, n=32):
@@ -196,6 +202,96 @@ def test_guided_teacher_is_the_x0_of_the_classifier_free_guided_eps(tmp_path, ti
     eps = eps_u + 3 * (eps_c - eps_u)
     x0 = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
     th.testing.assert_close(guided, x0, atol=2e-6 * x.abs().max().item(), rtol=0)
+
+
+def test_a_w_input_model_is_the_plain_one_at_init_for_every_w_and_off_by_default():
+    config = ModelConfig(**{k: v for k, v in TINY_RUN.items() if k not in ("learn_sigma", "diffusion_steps",
+                                                                           "noise_schedule")})
+    th.manual_seed(0)
+    plain = build_unet(config)
+    th.manual_seed(0)
+    w_input = build_unet(dataclasses.replace(config, guidance_embed=True))
+    keys, w_keys = list(plain.state_dict()), list(w_input.state_dict())
+    assert w_keys[:len(keys)] == keys and all(key.startswith("guidance_embed.") for key in w_keys[len(keys):])
+    assert all(th.equal(plain.state_dict()[k], w_input.state_dict()[k]) for k in keys)
+    gen = th.Generator().manual_seed(0)
+    x, t, y = th.randn(4, 1, 16, 16, generator=gen), th.tensor([0, 5, 10, 19]), th.tensor([0, 1, 2, 1])
+    with th.no_grad():
+        expected = plain(x, t, y)
+        for scale in (None, 1.0, 3.5, th.tensor([1.0, 2.0, 7.5, 1.25])):
+            assert th.equal(w_input(x, t, y, guidance_scale=scale), expected), scale
+        with pytest.raises(ValueError, match="guidance_scale is an input of a model built with guidance_embed only"):
+            plain(x, t, y, guidance_scale=2.0)
+
+
+def test_a_drawn_w_guides_the_teacher_per_example_and_is_the_students_input(tmp_path, tiny_runs):
+    loop = consistency_loop(tmp_path, tiny_runs["data"], "--teacher_path", tiny_runs["model"], "--num_scales", 5,
+                            "--guidance_scale_max", 4)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["model_flags"]["guidance_embed"] and saved["train_flags"]["guidance_scale_max"] == 4
+    teacher, start = weights(tiny_runs["model"]), loop.model.state_dict()
+    assert all(th.equal(start[k], teacher[k]) for k in teacher)
+    assert sorted(set(start) - set(teacher)) == [f"guidance_embed.{i}.{p}" for i in (0, 2) for p in ("bias", "weight")]
+    x, sigma, y = levels_and_inputs(loop)
+    scale = th.tensor([1.0, 2.5, 4.0, 1.75]).repeat(8)
+    with th.no_grad():
+        guided = loop.teacher(x, sigma, y=y, guidance_scale=scale)
+        for w in scale.unique():  # W fixed, the whole batch, its examples' rows
+            rows = scale == w
+            assert th.equal(guided[rows], GuidedTeacher(loop.teacher.teacher, float(w))(x, sigma, y=y)[rows]), w
+        assert th.equal(loop.student(x, sigma, y=y, guidance_scale=scale), loop.student(x, sigma, y=y))
+    seen = []
+    loop.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["guidance_scale"]),
+                                         with_kwargs=True)
+    loop.run_step(*next(loop.data))
+    assert len(seen) == 1 and seen[0].shape == (2,) and bool(((seen[0] >= 1) & (seen[0] <= 4)).all())
+
+
+@pytest.mark.slow
+def test_a_w_input_student_samples_with_model_path_alone_its_w_from_guidance_scale(tmp_path, tiny_runs):
+    flags = dict(COMMON, data_dir=tiny_runs["data"], teacher_path=tiny_runs["model"], num_scales=5, max_steps=2,
+                 save_interval=2, guidance_scale_max=4)
+    run_script("consistency_train", flags, tmp_path)
+    path = tmp_path / "model000002.pt"
+    model_config, diffusion_config, _ = resolved((ModelConfig, DiffusionConfig, ClassSampleConfig),
+                                                 ["--model_path", path, "--sampler", "consistency"])
+    assert model_config.guidance_embed
+    model = load_checkpoint(build_unet(model_config, diffusion_config.learn_sigma), path).eval()
+    diffusion = build_diffusion(dataclasses.replace(diffusion_config, timestep_respacing=sampler_respacing(
+        "consistency", "2")))
+    batches = []
+
+    def counted(x, t, **kwargs):
+        batches.append(len(x))
+        return model(x, t, **kwargs)
+
+    def draw(scale):
+        noise = th.randn(2, 1, 16, 16, generator=th.Generator().manual_seed(0))
+        return samplers.sample(diffusion, counted, (2, 1, 16, 16), sampler="consistency", noise=noise,
+                               guidance=free_guidance(scale, model), model_kwargs={"y": th.tensor([0, 1])},
+                               noise_fn=lambda x: th.zeros_like(x))
+
+    with th.no_grad():
+        assert not th.equal(draw(1.0), draw(3.0))
+    assert batches == [2] * 4  # one evaluation per level, no doubled batch
+
+
+@pytest.mark.parametrize("flags, teacher_flags, expected", [
+    (dict(guidance_scale_max=4), dict(class_dropout_prob=0.0),
+     r"--guidance_scale_max 4 needs a class-conditional teacher trained with label dropout"),
+    (dict(guidance_scale_max=4, training_mode="consistency_training"), None,
+     r"--guidance_scale_max 4 guides the teacher's step, and consistency training has no teacher"),
+    (dict(guidance_scale_max=4, guidance_scale=2), None,
+     r"--guidance_scale 2 with --guidance_scale_max 4: W is either fixed or drawn"),
+    (dict(guidance_scale_max=0.5), None, r"--guidance_scale_max 0.5: .*W_max must be above 1"),
+])
+def test_a_drawn_w_is_refused_where_it_cannot_work(tmp_path, tiny_runs, flags, teacher_flags, expected):
+    teacher = relabelled(tiny_runs["model"], tmp_path / "teacher", **teacher_flags) if teacher_flags else tiny_runs[
+        "model"]
+    configs = resolved(CONFIGS, ["--data_dir", tiny_runs["data"], "--teacher_path", teacher, "--num_scales", 5,
+                                 *to_argv(flags)])
+    with pytest.raises(UsageError, match=expected):
+        check_consistency_run(configs)
 
 
 def test_ct_from_scratch_trains_without_a_teacher(tmp_path, tiny_runs):

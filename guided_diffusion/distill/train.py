@@ -14,7 +14,7 @@ import torch as th
 
 from .. import dist_util, logger
 from ..build import build_diffusion, build_unet
-from ..checkpoint import load_checkpoint, read_torch_file
+from ..checkpoint import check_state_dict_fits, load_checkpoint, read_state_dict, read_torch_file
 from ..errors import UsageError
 from ..fp16_util import get_param_groups_and_shapes, master_params_to_model_params
 from ..guidance import ClassifierFreeGuidance, GuidedDenoiser
@@ -54,7 +54,9 @@ def check_consistency_run(configs):
     if config.teacher_path:
         _check_not_a_consistency_model(config.teacher_path)
     if config.guidance_scale != 1:
-        _check_guidance(config, model_config)
+        _check_guidance("--guidance_scale", config.guidance_scale, config, model_config)
+    if config.guidance_scale_max != 1:
+        _check_guidance("--guidance_scale_max", config.guidance_scale_max, config, model_config)
     if diffusion_config.timestep_respacing:
         raise UsageError(f"--timestep_respacing {diffusion_config.timestep_respacing}: a consistency model trains on "
                          "the teacher's whole schedule (the grid picks its timesteps, --num_scales); leave it out")
@@ -71,16 +73,23 @@ def _check_not_a_consistency_model(path):
                          "trained from (image_train.py's)")
 
 
-def _check_guidance(config, model_config):
-    """--guidance_scale W != 1 needs a teacher to guide (CD) with an unconditional branch (label dropout)."""
+def _check_guidance(flag, value, config, model_config):
+    """A fixed W (--guidance_scale) or a drawn one (--guidance_scale_max W_max > 1), not both, needs a teacher to
+    guide (CD) with an unconditional branch (label dropout)."""
+    given = f"{flag} {value:g}"
+    if flag == "--guidance_scale_max" and value < 1:
+        raise UsageError(f"{given}: W is drawn from U[1, W_max], so W_max must be above 1 (1: off)")
+    if config.guidance_scale != 1 and config.guidance_scale_max != 1:
+        raise UsageError(f"--guidance_scale {config.guidance_scale:g} with --guidance_scale_max "
+                         f"{config.guidance_scale_max:g}: W is either fixed or drawn; give one of them")
     if config.training_mode != DISTILLATION:
-        raise UsageError(f"--guidance_scale {config.guidance_scale:g} guides the teacher's step, and consistency "
-                         "training has no teacher: use --training_mode consistency_distillation or --guidance_scale 1")
+        raise UsageError(f"{given} guides the teacher's step, and consistency training has no teacher: use "
+                         f"--training_mode consistency_distillation or leave {flag} out")
     if not (model_config.class_cond and model_config.class_dropout_prob > 0):
-        raise UsageError(f"--guidance_scale {config.guidance_scale:g} needs a class-conditional teacher trained with "
-                         f"label dropout, and --teacher_path {config.teacher_path} has class_cond "
-                         f"{model_config.class_cond}, class_dropout_prob {model_config.class_dropout_prob}: use "
-                         "--guidance_scale 1, or a teacher trained with --class_dropout_prob > 0")
+        raise UsageError(f"{given} needs a class-conditional teacher trained with label dropout, and --teacher_path "
+                         f"{config.teacher_path} has class_cond {model_config.class_cond}, class_dropout_prob "
+                         f"{model_config.class_dropout_prob}: leave {flag} out, or use a teacher trained with "
+                         "--class_dropout_prob > 0")
 
 
 def _check_grid(alphas_cumprod, config):
@@ -106,6 +115,21 @@ def check_teacher_classes(teacher_path, class_names):
                          "name other classes; train on data with the teacher's class names")
 
 
+def student_config(model_config, config):
+    """The student's ModelConfig: the teacher's, with the W input (guidance_embed) under --guidance_scale_max."""
+    return dataclasses.replace(model_config, guidance_embed=config.guidance_scale_max > 1)
+
+
+def start_from_teacher(model, path):
+    """Load `path` into a W-input student: strictly every key of the file, and the W embedding's too when it has
+    them; a teacher's file leaves the embedding as built (zero output), so the student starts as the teacher."""
+    fresh = {key: value for key, value in model.state_dict().items() if key.startswith("guidance_embed.")}
+    state_dict = {**fresh, **read_state_dict(path)}
+    check_state_dict_fits(model, state_dict, source=path)
+    model.load_state_dict(state_dict)
+    logger.log(f"initialising weights from {path}, the W embedding's from it or zero (step 0, fresh optimizer)")
+
+
 def load_teacher(config, model_config, learn_sigma):
     """CD: the network of --teacher_path (built from its run's flags), in eval mode, without gradients; CT: None
     (--teacher_path only starts the student)."""
@@ -119,19 +143,22 @@ class GuidedTeacher:
     """The teacher's denoiser with classifier-free guidance at W baked in: D(x, sigma, y) is the x_0 of
     eps_u + W (eps_c - eps_u) (guidance.ClassifierFreeGuidance, both branches in one forward), unclipped.
 
-    teacher: the VPModel of a class-conditional network with a null class; x: [N, C, H, W]; sigma: [N],
-    levels of the teacher's schedule; y: [N] labels.
+    teacher: the VPModel of a class-conditional network with a null class; guidance_scale: W, or None for
+    each example's own, the keyword guidance_scale [N] of each call (the W the student sees);
+    x: [N, C, H, W]; sigma: [N], levels of the teacher's schedule; y: [N] labels.
     """
 
-    def __init__(self, teacher, guidance_scale):
+    def __init__(self, teacher, guidance_scale=None):
         self.teacher = teacher
-        self.guides = (ClassifierFreeGuidance(guidance_scale, teacher.model.null_class),)
+        self.guidance_scale = guidance_scale
 
-    def __call__(self, x, sigma, **model_kwargs):
+    def __call__(self, x, sigma, guidance_scale=None, **model_kwargs):
         diffusion = self.teacher.diffusion
         t = self.teacher.timesteps(sigma)
         x_t = gather(diffusion.sqrt_alphas_cumprod, t, x.shape) * x
-        denoiser = GuidedDenoiser(diffusion, self.teacher.model, self.guides, clip_denoised=False,
+        scale = guidance_scale if self.guidance_scale is None else self.guidance_scale
+        guides = (ClassifierFreeGuidance(scale, self.teacher.model.null_class),)
+        denoiser = GuidedDenoiser(diffusion, self.teacher.model, guides, clip_denoised=False,
                                   model_kwargs=model_kwargs)
         return denoiser(x_t, t)["pred_xstart"]
 
@@ -170,13 +197,15 @@ class ConsistencyTrainLoop(TrainLoop):
     """TrainLoop with the consistency loss: checkpoint sets, exact resume, signals, ranks, the student's EMA
     and --max_steps as image_train's; the target network's weights are in each stateNNNNNN.pt.
 
-    model:      the student, built in float32 from the teacher's flags; it starts from --init_checkpoint or
-                else --teacher_path (none: CT from scratch).
+    model:      the student, built in float32 from student_config; it starts from --init_checkpoint or else
+                --teacher_path (none: CT from scratch).
     diffusion:  the teacher's GaussianDiffusion, not respaced: the grid lies on its timesteps.
     teacher:    the teacher network for CD (load_teacher), None for CT.
     config:     a config.ConsistencyConfig; use_fp16, run_config: as TrainLoop's.
     Step k (counted from 0) trains on N(k) levels and then moves the target by mu(k) (TargetSchedule), as
     consistency_models does; both are functions of the step, so a resumed run needs only its step.
+    With --guidance_scale_max, each example draws W ~ U[1, W_max] after its z and n: the teacher is guided at
+    W and the student and target take it as their input guidance_scale.
     """
 
     def __init__(self, *, model, diffusion, data, config, teacher=None, use_fp16=False, run_config=None):
@@ -184,14 +213,18 @@ class ConsistencyTrainLoop(TrainLoop):
         self.sigma_max, self.solver = config.sigma_max, config.teacher_solver
         self.loss_options = dict(loss_norm=config.loss_norm, weight_schedule=config.weight_schedule,
                                  huber_c=config.huber_c or None)
+        self.guidance_scale_max = config.guidance_scale_max
         self._grids = {}
         self._resumed_target = None
         if teacher is not None:
             # The student learns the teacher's conditional trajectories: it keeps the batch's labels, as
             # consistency_models' students do (its null class, if any, stays as the teacher left it).
             model.class_dropout_prob = 0.0
-        loop_config = dataclasses.replace(config, init_checkpoint=config.init_checkpoint or config.teacher_path,
-                                          max_steps=run_steps(config))
+        start_path = config.init_checkpoint or config.teacher_path
+        if config.guidance_scale_max > 1 and start_path and not config.resume_checkpoint:
+            start_from_teacher(model, start_path)
+            start_path = ""
+        loop_config = dataclasses.replace(config, init_checkpoint=start_path, max_steps=run_steps(config))
         super().__init__(model=model, diffusion=diffusion, data=data, config=loop_config, use_fp16=use_fp16,
                          run_config=run_config)
         start = self._resumed_target
@@ -203,8 +236,12 @@ class ConsistencyTrainLoop(TrainLoop):
         self.teacher = None
         if teacher is not None:
             teacher_vp = VPModel(teacher, diffusion)
-            self.teacher = teacher_vp.denoise if config.guidance_scale == 1 else GuidedTeacher(teacher_vp,
-                                                                                                config.guidance_scale)
+            if config.guidance_scale_max > 1:
+                self.teacher = GuidedTeacher(teacher_vp)
+            elif config.guidance_scale != 1:
+                self.teacher = GuidedTeacher(teacher_vp, config.guidance_scale)
+            else:
+                self.teacher = teacher_vp.denoise
 
     def grid(self, num_levels):
         """(timesteps [N] int64, sigmas [N] float32) on the device: the teacher's grid of N levels (cached per N)."""
@@ -223,6 +260,9 @@ class ConsistencyTrainLoop(TrainLoop):
         for micro, micro_cond, is_last in self.micro_batches(batch, cond):
             noise = th.randn_like(micro)
             indices = draw_indices(micro.shape[0], len(sigmas), micro.device)
+            if self.guidance_scale_max > 1:
+                scale = 1 + (self.guidance_scale_max - 1) * th.rand(micro.shape[0], device=micro.device)
+                micro_cond = dict(micro_cond, guidance_scale=scale)
             terms = self.forward(is_last, lambda: consistency_losses(
                 self.student, self.target_f, micro, sigmas, indices, noise, teacher=self.teacher, solver=self.solver,
                 model_kwargs=micro_cond, **self.loss_options))
