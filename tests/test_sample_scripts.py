@@ -115,6 +115,7 @@ RELEASE_FLAGS = json.loads(open(os.path.join(REPO, "tests", "fixtures", "referen
 ADDED_FLAGS = {  # this project's additions: model options, sampling options, presets
     "num_classes", "resblock_rescale", "attention_impl", "classifier_attention_impl", "classifier_channel_mult",
     "seed", "progress", "class_labels", "preset", "image_channels", "class_dropout_prob", "sampler", "guidance_scale",
+    "guidance_embed",  # a consistency student that takes W as an input
     "channel_mult",  # super_res_sample's
     "eta", "churn", "s_tmin", "s_tmax", "s_noise", "lower_order_final", "dynamic_threshold", "reclip_guided",
     "debug",  # every script: show the traceback of an error

@@ -11,7 +11,7 @@ from guided_diffusion import script_util as su
 
 SCRIPT_FLAGS = json.loads((Path(__file__).parent / "fixtures" / "reference" / "script_flags.json").read_text())
 NEW_FLAGS = {"num_classes", "resblock_rescale", "attention_impl", "classifier_attention_impl", "classifier_channel_mult",
-             "image_channels", "class_dropout_prob"}
+             "image_channels", "class_dropout_prob", "guidance_embed"}
 SR_NEW_FLAGS = NEW_FLAGS | {"channel_mult"}
 
 
