@@ -13,6 +13,7 @@ fixtures' build: to see that it still catches a broken computation), or =auto (t
 decides).
 """
 
+import functools
 import json
 import os
 import sys
@@ -70,6 +71,11 @@ def load_pins(path):
     if "meta" in arrays:
         arrays["meta"] = json.loads(str(arrays["meta"]))
     return arrays
+
+
+def pins_in(folder):
+    """pinned(name) -> load_pins(folder / f"{name}.npz"), each file read once."""
+    return functools.cache(lambda name: load_pins(Path(folder) / f"{name}.npz"))
 
 
 def _numpy(value):

@@ -29,9 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EXACT, WHY = fixture_compare.comparison(CONSISTENCY / "provenance.json")
 
 
-@functools.cache
-def pinned(name):
-    return fixture_compare.load_pins(CONSISTENCY / f"{name}.npz")
+pinned = fixture_compare.pins_in(CONSISTENCY)
 
 
 class Networks(th.nn.Module):

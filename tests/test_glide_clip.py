@@ -9,7 +9,6 @@ keys and shapes (built on the meta device).
 """
 
 import contextlib
-import functools
 import gzip
 import json
 from pathlib import Path
@@ -30,9 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EXACT = fixture_compare.comparison(PINS / "provenance.json")[0]
 
 
-@functools.cache
-def pinned(name):
-    return fixture_compare.load_pins(PINS / f"{name}.npz")
+pinned = fixture_compare.pins_in(PINS)
 
 
 def case_model(name):

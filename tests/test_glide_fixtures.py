@@ -7,7 +7,6 @@ with guided_diffusion.glide (the face) from the same options and weights; the re
 keys and shapes are checked against tests/fixtures/reference/glide (built on the meta device: no memory).
 """
 
-import functools
 import json
 from pathlib import Path
 
@@ -29,9 +28,7 @@ RELEASED = {"base": glide.model_and_diffusion_defaults(), "upsample": glide.mode
 RELEASED.update({f"{name}_inpaint": dict(options, inpaint=True) for name, options in RELEASED.items()})
 
 
-@functools.cache
-def pinned(name):
-    return fixture_compare.load_pins(GLIDE / f"{name}.npz")
+pinned = fixture_compare.pins_in(GLIDE)
 
 
 def glide_case(options, keys):

@@ -32,10 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EXACT, WHY = fixture_compare.comparison(RELEASE / "provenance.json")
 
 
-@functools.cache
-def pinned(name):
-    """{key: array} of tests/fixtures/release/<name>.npz, with "meta" decoded from JSON."""
-    return fixture_compare.load_pins(RELEASE / f"{name}.npz")
+pinned = fixture_compare.pins_in(RELEASE)  # name -> {key: array} of release/<name>.npz, "meta" decoded
 
 
 def assert_pinned(name, compute, model, prefix=""):
