@@ -11,6 +11,10 @@ the held-out ones (fashion_mnist_captions.HELD_OUT), which test composition.
     python datasets/fashion_mnist_caption_judge.py score --cache data/fashion_judge_28px.pt RUN/samples_*.npz \\
         [--prompts PROMPTS.txt] [--ref_batch REF.npz --real_images REAL.npz] [--json OUT.json]
 
+    python datasets/fashion_mnist_caption_judge.py variation_inputs PROMPTS.txt INPUTS/ --per_prompt 4
+    python datasets/fashion_mnist_caption_judge.py variations RUN/samples_*.npz --inputs INPUTS/inputs.npz \\
+        --prompts INPUTS/prompts.txt --per_input 4
+
 `score` reads each npz's prompts from the prompts.txt beside it (text_sample.py writes it) unless --prompts
 names the prompts the samples were asked for (sample i: line i % P; e.g. for empty-caption samples, scored
 against the prompts of a conditional run: the chance level). With --ref_batch, every npz also gets its FID with
@@ -23,6 +27,7 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,6 +232,55 @@ def inpaint_inputs_command(args):
     print(f"wrote {len(images)} test images and their recoloured prompts to {args.out_dir}/inputs.npz, prompts.txt")
 
 
+def variation_inputs_command(args):
+    prompts = read_lines(args.prompts)
+    images = real_images(prompts, args.per_prompt, "t10k")
+    os.makedirs(args.out_dir, exist_ok=True)
+    np.savez(os.path.join(args.out_dir, "inputs.npz"), arr_0=images)
+    width = len(str(len(images) - 1))
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(os.path.join(args.out_dir, f"input_{i:0{width}d}.png"))
+    with open(os.path.join(args.out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
+        f.writelines(prompts[i % len(prompts)] + "\n" for i in range(len(images)))
+    print(f"wrote {len(images)} test images of the prompts to {args.out_dir}/input_*.png (and inputs.npz) and their "
+          "captions, one per input, to prompts.txt")
+
+
+def variation_scores(judge, inputs, variations, asked):
+    """inputs uint8 [M, S, S, 3]; variations uint8 [M, V, S, S, 3] (V of each input); asked: the inputs' triples
+    [M, 3] -> each group's share of variations that keep the input's garment and colours, and the diversity: the
+    mean RMS pixel distance (0..255) between two variations of one input, and between a variation and its input."""
+    m, v = variations.shape[:2]
+    scores = accuracies(judge_images(judge, variations.reshape(m * v, *variations.shape[2:])), np.repeat(asked, v, 0))
+    flat = variations.reshape(m, v, -1).astype(np.float64)
+    pairs = [(a, b) for a in range(v) for b in range(a + 1, v)]
+    between = np.mean([np.sqrt(((flat[:, a] - flat[:, b]) ** 2).mean(1)) for a, b in pairs]) if pairs else np.nan
+    to_input = np.sqrt(((flat - inputs.reshape(m, 1, -1)) ** 2).mean(2)).mean()
+    return dict(scores, rms_between_variations=float(between), rms_to_input=float(to_input))
+
+
+def variations_command(args):
+    inputs = read_batch(args.inputs)
+    asked = requested(read_lines(args.prompts), len(inputs))
+    judge, test_accuracy = fashion_mnist_judge.load_or_train(args.cache, inputs.shape[1])
+    print(f"garment judge: {test_accuracy:.3f} accuracy on the real grey test images", flush=True)
+    results = {}
+    for path in args.variations:
+        images = read_batch(path)
+        if len(images) != len(inputs) * args.per_input or images.shape[1:] != inputs.shape[1:]:
+            raise ValueError(f"{path} holds {len(images)} images of {images.shape[1:]}; {args.per_input} variations of "
+                             f"each of the {len(inputs)} inputs of {inputs.shape[1:]} make {len(inputs) * args.per_input}:"
+                             " pass --per_input as unclip_sample.py's --variations_per_image")
+        variations = images.reshape(len(inputs), args.per_input, *images.shape[1:])
+        results[path] = scores = variation_scores(judge, inputs, variations, asked)
+        print(report(f"{path} (variations keep the input's)", scores), flush=True)
+        print(f"  RMS distance (0..255): between variations of an input {scores['rms_between_variations']:.1f}, "
+              f"variation to input {scores['rms_to_input']:.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def inpaint_score_command(args):
     from guided_diffusion.editing.operators import parse_mask
 
@@ -271,6 +325,22 @@ def main():
     inputs.add_argument("out_dir", help="folder for inputs.npz and prompts.txt (one prompt per input)")
     inputs.add_argument("--per_prompt", type=int, default=4, help="test images per prompt (default: 4)")
     inputs.set_defaults(handler=inpaint_inputs_command)
+    var_inputs = commands.add_parser("variation_inputs", help="test images of the prompts as PNG files (the inputs "
+                                     "of unclip_sample.py --image_variations) and their captions")
+    var_inputs.add_argument("prompts", help="prompts file (the evaluation prompts)")
+    var_inputs.add_argument("out_dir", help="folder for input_*.png and prompts.txt (one caption per input)")
+    var_inputs.add_argument("--per_prompt", type=int, default=4, help="test images per prompt (default: 4)")
+    var_inputs.set_defaults(handler=variation_inputs_command)
+    variations = commands.add_parser("variations", help="judge image variations: the input's garment and colours "
+                                     "kept, and how far variations lie from each other and from their input")
+    variations.add_argument("variations", nargs="+", help="npz files of unclip_sample.py --image_variations (the "
+                            "variations of input j at j * per_input + k)")
+    variations.add_argument("--inputs", required=True, help="the inputs as an npz (in the order of their files)")
+    variations.add_argument("--prompts", required=True, help="the inputs' captions, one per input")
+    variations.add_argument("--per_input", type=int, required=True, help="variations per input")
+    variations.add_argument("--cache", default="data/fashion_judge_28px.pt", help="where the garment judge is kept")
+    variations.add_argument("--json", default="", help="also write the scores to this JSON file")
+    variations.set_defaults(handler=variations_command)
     inpaint = commands.add_parser("inpaint", help="judge inpainted images: the garment, the hole's colour, the "
                                   "known pixels kept")
     inpaint.add_argument("edited", nargs="+", help="npz files written by image_edit.py (edited_*.npz)")

@@ -116,6 +116,12 @@ def build_text_unet(config, learn_sigma=True):
     """GLIDE's text-conditional UNet of a TextModelConfig (class_cond must be False: the caption is the
     condition)."""
     from .text.model import TextUNet
+
+    return TextUNet(**_text_unet_options(config, learn_sigma))
+
+
+def _text_unet_options(config, learn_sigma):
+    """TextUNet's keywords of a TextModelConfig (class_cond refused: the caption is the condition)."""
     from .text.tokenizer import get_encoder
 
     if config.class_cond:
@@ -125,12 +131,36 @@ def build_text_unet(config, learn_sigma=True):
     options = _unet_options(config, config.image_size, learn_sigma)
     options.pop("num_classes")
     tokenizer = get_encoder()
-    return TextUNet(
+    return dict(
         **options, channel_mult=channel_mult, text_ctx=config.text_ctx, xf_width=config.xf_width,
         xf_layers=config.xf_layers, xf_heads=config.xf_heads, xf_final_ln=config.xf_final_ln,
         xf_padding=config.xf_padding, n_vocab=tokenizer.n_vocab, inpaint=config.inpaint, super_res=config.super_res,
         cache_text_emb=config.cache_text_emb, caption_dropout_prob=config.caption_dropout_prob, tokenizer=tokenizer,
     )  # fmt: skip
+
+
+def build_unclip_unet(config, learn_sigma=True):
+    """DALL-E 2's decoder of an UnCLIPModelConfig: UnCLIPUNet, or UnCLIPTextUNet with --clip_caption True.
+    config.clip_emb_dim must be set (the CLIP's D: unclip_train.py sets it from the embedding cache)."""
+    from .unclip.model import UnCLIPTextUNet, UnCLIPUNet
+
+    if config.clip_emb_dim < 1:
+        raise UsageError(f"--clip_emb_dim {config.clip_emb_dim}: the decoder needs the CLIP embedding's width; pass "
+                         "--clip_model_path (unclip_train.py reads it from the embeddings) or --clip_emb_dim D")
+    if config.inpaint or config.super_res:
+        raise UsageError("an unCLIP decoder is a base model: leave --inpaint and --super_res False")
+    clip = dict(clip_emb_dim=config.clip_emb_dim, clip_emb_tokens=config.clip_emb_tokens,
+                clip_emb_dropout_prob=config.clip_emb_dropout_prob)
+    if config.clip_caption:
+        return UnCLIPTextUNet(**_text_unet_options(config, learn_sigma), **clip)
+    if config.class_cond:
+        raise UsageError("an unCLIP decoder is conditioned on CLIP embeddings, not class labels: leave --class_cond "
+                         "False")
+    channel_mult = parse_channel_mult(config.channel_mult, config.image_size)
+    check_widths(config.num_channels, channel_mult)
+    options = _unet_options(config, config.image_size, learn_sigma)
+    options.pop("num_classes")
+    return UnCLIPUNet(**options, channel_mult=channel_mult, clip_emb_width=config.xf_width, **clip)
 
 
 def build_classifier(config):

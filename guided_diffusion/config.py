@@ -422,3 +422,112 @@ class ExportConfig:
         "and scheduler/ (DDPMScheduler), from the model's flags"
     )
     out: str = flag("", "the .safetensors file, or the (new or empty) folder, to write")
+
+
+# ----------------------------------------------------------------------------- CLIP (clip_train)
+
+
+@dataclass
+class ClipModelConfig:
+    """A CLIP of GLIDE's noisy-CLIP layout (clip/encoders.py): a ViT image encoder, noise-aware or clean, and a
+    causal text encoder over CLIP's BPE tokens, both giving clip_width features. Defaults: GLIDE's noisy CLIP but
+    the vocabulary (the tokenizer's 49,408 rows, not GLIDE's 65,536)."""
+
+    clip_image_size: int = flag(64, "height and width in pixels of the images the image encoder reads")
+    clip_patch_size: int = flag(4, "side of an image patch in pixels (it must divide --clip_image_size)")
+    clip_width: int = flag(512, "dimension of the image and text features (GLIDE's n_embd)")
+    clip_head_channels: int = flag(64, "channels per attention head of both encoders (their width: heads x this)")
+    clip_image_heads: int = flag(12, "attention heads of the image encoder")
+    clip_image_layers: int = flag(12, "transformer blocks of the image encoder")
+    clip_text_heads: int = flag(8, "attention heads of the text encoder")
+    clip_text_layers: int = flag(12, "transformer blocks of the text encoder")
+    clip_text_ctx: int = flag(77, "CLIP tokens a caption is read as, start and end tokens included (longer ones "
+                              "are cut)")
+    clip_n_vocab: int = flag(49408, "rows of the token embedding (49408: CLIP's tokenizer; GLIDE's release: 65536)")
+    clip_noise_aware: bool = flag(True, "the image encoder reads x_t and its timestep t (one embedding per step of "
+                                  "--diffusion_steps); False: a clean CLIP of clean images")
+
+
+@dataclass
+class ClipTrainConfig(LoopConfig):
+    """clip_train: CLIP's contrastive loss on captioned images (noised by the diffusion's schedule when the
+    image encoder is noise-aware)."""
+
+    data_dir: str = flag("", "folder of captioned images: <stem>.txt beside each image, one caption per line")
+    lr: float = flag(3e-4, "AdamW learning rate")
+    batch_size: int = flag(32, "image-caption pairs per step on each rank (the contrast is over all ranks' pairs)")
+    microbatch: int = flag(-1, "must stay -1: the contrastive loss compares the whole batch at once")
+    schedule_sampler: Literal["uniform"] = flag("uniform", "how the noise-aware encoder's timesteps are drawn")
+    max_steps: int = flag(0, "stop after this many completed steps (0: never)")
+
+
+# ----------------------------------------------------------------------------- unCLIP (DALL-E 2's decoder)
+
+
+@dataclass
+class UnCLIPModelConfig(TextModelConfig):
+    """DALL-E 2's decoder: the UNet conditioned on a CLIP image embedding e [N, D], projected into the timestep
+    embedding and into K context tokens of width --xf_width (and, with --clip_caption True, on a caption too)."""
+
+    clip_caption: bool = flag(False, "also condition on the caption (GLIDE's transformer; captions beside the "
+                              "images): the K tokens join the caption's encoding")
+    clip_emb_dim: int = flag(0, "D, the width of the CLIP image embedding (0: the CLIP's, read from its embeddings)")
+    clip_emb_tokens: int = flag(4, "K, the context tokens projected from the embedding (DALL-E 2's 4)")
+    clip_emb_dropout_prob: float = flag(0.1, "in training, replace the embedding by zeros with this probability (the "
+                                        "unconditional branch of --guidance_scale)", free_on_resume=True)
+    clip_model_path: str = flag("", "the CLIP whose unit image embeddings condition the decoder (clip_train.py's "
+                                "checkpoint); a decoder samples only with the CLIP it was trained with",
+                                free_on_resume=True)
+
+
+@dataclass
+class UnCLIPTrainConfig(TrainConfig):
+    """unclip_train: TrainConfig and the cache of the training images' CLIP embeddings."""
+
+    embedding_cache: str = flag("", "npz of the training images' unit CLIP embeddings, computed when missing (\"\": "
+                                "clip_embeddings.npz in the log dir)")
+    embedding_batch_size: int = flag(64, "images per batch when computing the embedding cache")
+
+
+@dataclass
+class UnCLIPSampleConfig(FreeGuidanceConfig, SampleConfig):
+    """unclip_sample: image variations of a folder, or an interpolation between two images (--interpolate A B,
+    unclip_sample.py's own flag); --num_samples follows from them."""
+
+    image_variations: str = flag("", "folder of images: --variations_per_image samples of each, from its embedding")
+    variations_per_image: int = flag(4, "samples per input image of --image_variations")
+    steps: int = flag(8, "--interpolate: samples along the slerp from A's embedding to B's, both ends included")
+
+
+# ----------------------------------------------------------------------------- CLIP guidance (the sampling scripts)
+
+
+@dataclass
+class ClipGuidanceConfig:
+    """CLIP guidance: an image-text model's gradient steers sample i toward prompt i % P (--prompt TEXT, repeatable,
+    is the script's own flag)."""
+
+    clip_model_path: str = flag("", "the CLIP: a clip_train.py checkpoint, GLIDE's clip_image_enc.pt or a folder "
+                                "holding it and clip_text_enc.pt, or an OpenAI / open_clip ViT file (\"\": no CLIP "
+                                "guidance)")
+    clip_text_path: str = flag("", "GLIDE's clip_text_enc.pt, for a --clip_model_path clip_image_enc.pt (\"\": the "
+                               "one beside it)")
+    clip_scale: float = flag(-1.0, "scale of the CLIP gradient (-1: 3 for noisy guidance, GLIDE's; 1000 for clean, "
+                             "the CLIP-guided diffusion notebooks')")
+    clip_guidance: Literal["auto", "noisy", "clean"] = flag(
+        "auto", "noisy: the similarity's gradient at x_t and t (a noise-aware CLIP, GLIDE's cond_fn); clean: the "
+        "spherical distance of x0_hat's embedding, differentiated through the model; auto: noisy for a noise-aware "
+        "CLIP, else clean")
+    clip_cutouts: int = flag(0, "clean: the loss is averaged over this many random square crops of x0_hat resized "
+                             "to the CLIP's size (0: the whole image resized)")
+    clip_augment: bool = flag(False, "clean: flip each crop left-right at random and shift it a little")
+    clip_quickgelu: Literal["auto", "True", "False"] = flag(
+        "auto", "an OpenAI / open_clip ViT's activation: QuickGELU (True; auto: OpenAI's weights) or exact GELU "
+        "(False: open_clip's own LAION-trained models)")
+
+
+@dataclass
+class ClipSampleConfig(ClipGuidanceConfig):
+    """CLIP guidance toward the prompts of --prompt TEXT (repeatable, the script's own flag) or --prompts_file."""
+
+    prompts_file: str = flag("", "UTF-8 text file of prompts, one a line (blank lines skipped); instead of --prompt")

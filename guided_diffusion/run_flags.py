@@ -25,22 +25,25 @@ from . import dist_util, glide, logger
 from .build import parse_channel_mult
 from .checkpoint import read_state_dict
 from .cli import COMMAND_LINE, DEFAULT, configs_of, parse_flags
-from .config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, TextModelConfig, defaults_of
+from .config import (ClassifierConfig, ClipModelConfig, DiffusionConfig, ModelConfig, SuperResConfig, TextModelConfig,
+                     UnCLIPModelConfig, defaults_of)
 from .errors import UsageError
 from .presets import PRESETS
 from .train_state import CONFIG_NAME, read_config
 
-NETWORKS = (ModelConfig, SuperResConfig, ClassifierConfig, TextModelConfig)
+NETWORKS = (ModelConfig, SuperResConfig, ClassifierConfig, TextModelConfig, UnCLIPModelConfig)
 NETWORK_WORDS = {
     ModelConfig: "a diffusion model (image_train.py; sampled by image_sample.py --model_path)",
     SuperResConfig: "a super-resolution model (super_res_train.py; sampled by super_res_sample.py --model_path)",
     ClassifierConfig: "a noisy-image classifier (classifier_train.py; used by classifier_sample.py --classifier_path)",
     TextModelConfig: "a text-conditional model (GLIDE's, or text_train.py's; sampled by text_sample.py --model_path)",
+    UnCLIPModelConfig: "an unCLIP decoder (unclip_train.py's; sampled by unclip_sample.py --model_path)",
+    ClipModelConfig: "a CLIP model (clip_train.py's; used by the sampling scripts' --clip_model_path)",
 }
 DIFFUSION_FLAGS = tuple(f.name for f in dataclasses.fields(DiffusionConfig) if f.name != "timestep_respacing")
 # The checkpoint flags of the scripts: {path flag: (the networks it may hold, the diffusion flags it sets)}.
 CHECKPOINT_FLAGS = {
-    "model_path": ((ModelConfig, SuperResConfig, TextModelConfig), DIFFUSION_FLAGS),
+    "model_path": ((ModelConfig, SuperResConfig, TextModelConfig, UnCLIPModelConfig), DIFFUSION_FLAGS),
     "classifier_path": ((ClassifierConfig,), ()),
     "resume_checkpoint": (NETWORKS, DIFFUSION_FLAGS),
     "init_checkpoint": (NETWORKS, ("learn_sigma",)),  # fine-tuning keeps the weights, may change the schedule
@@ -192,6 +195,10 @@ def network_of(flags):
     """The config class of the network a run's flags describe (train_config.json keeps every flag)."""
     if "classifier_width" in flags:
         return ClassifierConfig
+    if "clip_width" in flags:
+        return ClipModelConfig
+    if "clip_emb_tokens" in flags:
+        return UnCLIPModelConfig
     if "xf_width" in flags:
         return TextModelConfig
     return SuperResConfig if "large_size" in flags else ModelConfig

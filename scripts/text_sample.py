@@ -11,6 +11,7 @@ sample i's prompt) and prompts_grid.png (one row per prompt, the prompt under it
 --prompt TEXT is repeatable (text_sample.py's own flag: the typed config has no list flags); or pass
 --prompts_file FILE. --guidance_scale W > 1 is classifier-free guidance with the empty caption as the
 unconditional branch. --upsample_model_path adds GLIDE's second stage (a --super_res True text model).
+--clip_model_path CLIP adds CLIP guidance toward the same prompts, with --guidance_scale or alone (docs/clip.md).
 """
 
 import os
@@ -19,12 +20,13 @@ import sys
 from guided_diffusion import dist_util, logger, sampling
 from guided_diffusion.build import build_diffusion, build_text_unet
 from guided_diffusion.cli import config_parser
-from guided_diffusion.config import DiffusionConfig, TextModelConfig, TextSampleConfig
+from guided_diffusion.clip.load import clip_prompts_of_flags
+from guided_diffusion.config import ClipGuidanceConfig, DiffusionConfig, TextModelConfig, TextSampleConfig
 from guided_diffusion.errors import UsageError, run
 from guided_diffusion.text import prompts as text_prompts
 from guided_diffusion.text.prompts import split_prompts
 
-CONFIGS = (TextModelConfig, DiffusionConfig, TextSampleConfig)
+CONFIGS = (TextModelConfig, DiffusionConfig, TextSampleConfig, ClipGuidanceConfig)
 PROMPT_HELP = 'a caption to sample; repeat the flag for more prompts (default: none, then --prompts_file)'
 
 
@@ -54,18 +56,23 @@ def check_upsampler_input(upsampler_config, base_size, path):
 
 def main(argv=None):
     prompt_flags, argv = split_prompts(sys.argv[1:] if argv is None else argv)
+    found = {}  # the CLIP guidance the check makes
 
     def check(configs, log_dir):
-        model_config, _, run = configs
+        model_config, diffusion_config, run, clip_config = configs
         check_models(model_config, run)
         if run.upsample_model_path:
             upsampler_config, _ = text_prompts.upsampler_configs(run.upsample_model_path, run.upsample_respacing)
             check_upsampler_input(upsampler_config, model_config.image_size, run.upsample_model_path)
-        return text_prompts.PromptTokens(text_prompts.read_prompts(prompt_flags, run.prompts_file),
-                                         model_config.text_ctx).warnings
+        texts = text_prompts.read_prompts(prompt_flags, run.prompts_file)
+        shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
+        guided = clip_config.clip_model_path or clip_config.clip_text_path  # the prompts alone are the captions
+        found["clip"] = clip_prompts_of_flags(clip_config, texts, shape, diffusion_config) if guided else None
+        return text_prompts.PromptTokens(texts, model_config.text_ctx).warnings
 
-    model_config, diffusion_config, run = sampling.start_sampling(create_argparser(), CONFIGS, argv, check)
+    model_config, diffusion_config, run, _ = sampling.start_sampling(create_argparser(), CONFIGS, argv, check)
     device = dist_util.dev()
+    clip = found["clip"]
     prompts = text_prompts.PromptTokens(text_prompts.read_prompts(prompt_flags, run.prompts_file),
                                         model_config.text_ctx)
 
@@ -75,7 +82,13 @@ def main(argv=None):
     sampling.load_for_sampling(model, run.model_path, device)
     guidance = text_prompts.caption_guidance(run.guidance_scale, model_config.text_ctx)
     sample_shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
-    base_batch = text_prompts.prompt_sampler(diffusion, model, prompts, sample_shape, device, run, guidance)
+    base_shape = sample_shape
+    clip_guides = clip.guides(diffusion, device) if clip is not None else lambda batch: ()
+
+    def base_batch(batch):
+        guides = (*guidance, *clip_guides(batch))
+        return text_prompts.prompt_sampler(diffusion, model, prompts, base_shape, device, run, guides)(batch)
+
     upsampler = None
     if run.upsample_model_path:
         logger.log("creating the upsampler...")

@@ -5,6 +5,7 @@ or mpiexec). Fixtures: conftest.py."""
 import csv
 import gc
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -72,6 +73,19 @@ def tiny_loop(log_dir, max_steps, resume="", model_flags=None, **config_fields):
                   resume_checkpoint=str(resume), max_steps=max_steps)
     return TrainLoop(model=model, diffusion=diffusion, data=SeededBatches(), config=TrainConfig(**dict(config, **config_fields)),
                      use_fp16=flags["use_fp16"], run_config={"model_flags": flags})
+
+
+def write_run(run_dir, model, model_config, diffusion_config):
+    """model's state dict as run_dir/model000000.pt with the train_config.json of train_setup.run_config's layout
+    beside it (the run's flags: what --model_path alone rebuilds the model from). Returns the checkpoint's path."""
+    from guided_diffusion.config import as_flags, checked_on_resume
+
+    run_dir.mkdir(parents=True)
+    th.save(model.state_dict(), run_dir / "model000000.pt")
+    config = {"model_flags": checked_on_resume(model_config, diffusion_config),
+              "train_flags": as_flags(model_config, diffusion_config), "class_names": None}
+    (run_dir / "train_config.json").write_text(json.dumps(config))
+    return run_dir / "model000000.pt"
 
 
 def live_image_bytes(height, width):

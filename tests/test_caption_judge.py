@@ -219,6 +219,28 @@ def test_judge_images_reads_the_exact_colours_and_judges_the_garment_on_to_grey_
     assert scores["all"]["garment"] == scores["all"]["all_three"] == (expected == combos[:, 0]).mean()
 
 
+def test_variation_scores_judge_each_variation_against_its_input_and_measure_rms_distances(files):
+    inputs = np.load(files["real"])["arr_0"][:6]  # six real renders, their triples files["combos"][:6]
+    asked = files["combos"][:6]
+    # three variations of each input: itself, itself with its garment recoloured, and itself plus 10 grey levels
+    other = np.array([judging.recoloured(combo)[1] for combo in asked.tolist()])
+    recoloured = captioned.render(captioned.to_grey(inputs, asked[:, 1], asked[:, 2]), other, asked[:, 2])
+    brighter = np.clip(inputs.astype(np.int64) + 10, 0, 255).astype(np.uint8)
+    variations = np.stack([inputs, recoloured, brighter], axis=1)  # [6, 3, 28, 28, 3]
+    scores = judging.variation_scores(InkBinJudge(28), inputs, variations, asked)
+    assert scores["all"]["n"] == 18
+    judged = judging.judge_images(InkBinJudge(28), variations.reshape(18, 28, 28, 3)).reshape(6, 3, 3)
+    kept = judged == asked[:, None]
+    assert scores["all"]["garment_colour"] == pytest.approx(kept[..., 1].mean()) and kept[:, 1, 1].sum() == 0
+    assert scores["all"]["background_colour"] == pytest.approx(kept[..., 2].mean())
+    flat = variations.reshape(6, 3, -1).astype(np.float64)
+    rms = lambda a, b: np.sqrt(((a - b) ** 2).mean(-1))  # noqa: E731
+    between = np.mean([rms(flat[:, 0], flat[:, 1]), rms(flat[:, 0], flat[:, 2]), rms(flat[:, 1], flat[:, 2])])
+    assert scores["rms_between_variations"] == pytest.approx(between)
+    assert scores["rms_to_input"] == pytest.approx(rms(flat, inputs.reshape(6, 1, -1)).mean())
+    assert 0 < scores["rms_to_input"] < scores["rms_between_variations"]  # one of three is the input itself
+
+
 def test_judge_images_refuses_images_of_another_size_than_the_judge():
     images = captioned.render(np.zeros((2, 16, 16), np.uint8), [0, 1], [2, 3])
     with pytest.raises(ValueError, match="images are 16x16 but the judge was trained at 28x28"):

@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 NAMES = ["image_train", "image_sample", "classifier_train", "classifier_sample", "super_res_train",
          "super_res_sample", "image_nll", "sweep", "export", "image_edit", "text_sample",
-         "text_train"]
+         "text_train", "unclip_train", "unclip_sample", "clip_train"]
 
 
 def help_text(path):

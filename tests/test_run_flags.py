@@ -177,7 +177,7 @@ def test_glides_base_samples_with_nothing_but_its_path_and_its_upsampler_too(tmp
     upsample = save_shapes(glide_shapes("upsample"), tmp_path / "upsample.pt")
     argv = ["--model_path", str(base), "--upsample_model_path", str(upsample), "--use_fp16", "True"]
     values, origins = parse_flags(text_sample.create_argparser(), argv)
-    (model, diffusion, run), lines = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
+    (model, diffusion, run, _), lines = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
     flags = dict(run_flags.glide_flags(run_flags.GLIDE_MODELS["base"]), use_fp16=True)
     assert (model, diffusion) == split_flags(flags, TextModelConfig, DiffusionConfig)
     assert (diffusion.noise_schedule, diffusion.learn_sigma, diffusion.timestep_respacing) == ("cosine", True, "")
@@ -207,7 +207,7 @@ def test_glides_other_models_are_refused_as_the_base_naming_the_fix(tmp_path, na
     text_sample = script("text_sample")
     path = save_shapes(glide_shapes(name), tmp_path / GLIDE_FILES[name])
     values, origins = parse_flags(text_sample.create_argparser(), ["--model_path", str(path)])
-    (model, _, run), _ = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
+    (model, _, run, _), _ = run_flags.resolve_configs(values, origins, text_sample.CONFIGS)
     with pytest.raises(UsageError, match=refusal):
         text_sample.check_models(model, run)
 

@@ -119,6 +119,8 @@ ADDED_FLAGS = {  # this project's additions: model options, sampling options, pr
     "channel_mult",  # super_res_sample's
     "eta", "churn", "s_tmin", "s_tmax", "s_noise", "lower_order_final", "dynamic_threshold", "reclip_guided",
     "debug",  # every script: show the traceback of an error
+    "prompt", "prompts_file", "clip_model_path", "clip_text_path", "clip_scale", "clip_guidance", "clip_cutouts",
+    "clip_augment", "clip_quickgelu",  # CLIP guidance toward prompts
 }
 
 

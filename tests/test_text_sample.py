@@ -3,16 +3,15 @@ seeds independent of the batch size, classifier-free guidance with the empty cap
 refusals, the caption encoded once per batch, and GLIDE's upsampling stage."""
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
 import torch as th
 from PIL import Image
 
-from _train_helpers import REPO, assert_same_uint8_images, run_script
+from _train_helpers import REPO, assert_same_uint8_images, run_script, write_run
 from guided_diffusion.build import build_diffusion, build_text_unet
-from guided_diffusion.config import DiffusionConfig, SampleConfig, TextModelConfig, as_flags, checked_on_resume
+from guided_diffusion.config import DiffusionConfig, SampleConfig, TextModelConfig
 from guided_diffusion.guidance import ClassifierFreeGuidance
 from guided_diffusion.sample_seeds import SeededBatch
 from guided_diffusion.sampling import draw
@@ -43,13 +42,7 @@ def tiny_text_model(**changes):
 
 def save_run(run_dir, **changes):
     """A tiny text model's checkpoint with a train_config.json beside it (train_setup.run_config's layout)."""
-    model, model_config, diffusion_config = tiny_text_model(**changes)
-    run_dir.mkdir()
-    th.save(model.state_dict(), run_dir / "model000000.pt")
-    config = {"model_flags": checked_on_resume(model_config, diffusion_config),
-              "train_flags": as_flags(model_config, diffusion_config), "class_names": None}
-    (run_dir / "train_config.json").write_text(json.dumps(config))
-    return run_dir / "model000000.pt"
+    return write_run(run_dir, *tiny_text_model(**changes))
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,41 @@ class NoisyCLIP(nn.Module):
     """text_encoder (encoders.TextEncoder), image_encoder (encoders.ImageEncoder), their similarity's scale
     exp(logit_scale), and the tokenizer of the text side (tokenizer.Tokenizer)."""
 
-    def __init__(self, text_encoder, image_encoder, logit_scale, tokenizer):
-        """logit_scale: the similarity's scale itself (GLIDE's 100); the attribute holds its log, as open_clip's."""
+    def __init__(self, text_encoder, image_encoder, logit_scale, tokenizer, learn_logit_scale=False):
+        """logit_scale: the similarity's scale itself (GLIDE's 100; CLIP starts training at 1 / 0.07); the attribute
+        holds its log, as open_clip's: a fixed buffer outside the state dict (GLIDE's files have none), or with
+        learn_logit_scale a parameter, trained and saved as `logit_scale`."""
         super().__init__()
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.register_buffer("logit_scale", th.tensor(math.log(logit_scale), dtype=th.float32), persistent=False)
+        log_scale = th.tensor(math.log(logit_scale), dtype=th.float32)
+        if learn_logit_scale:
+            self.logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("logit_scale", log_scale, persistent=False)
         self.tokenizer = tokenizer
+
+    @property
+    def image_size(self):
+        """Height and width in pixels of the images encode_image takes."""
+        return self.image_encoder.blocks["input"].image_size
+
+    @property
+    def noise_aware(self):
+        """True when the image encoder reads timesteps t with x_t (encode_image(x_t, t)); False: clean images only."""
+        return self.n_timesteps > 0
+
+    @property
+    def n_timesteps(self):
+        """T of the timesteps the image encoder takes, t in [0, T) (0: a clean image encoder)."""
+        return self.image_encoder.blocks["input"].n_timesteps
+
+    def forward(self, images, tokens, t=None):
+        """The unit features of a batch of pairs, as open_clip's CLIP(image, text) (so DDP sees the training
+        forward): images [N, 3, S, S] in [-1, 1] (x_t at timesteps t [N] for a noise-aware encoder), tokens
+        [N, max_text_len] -> (unit image features [N, D], unit text features [N, D], the scale exp(logit_scale))."""
+        image_features, text_features = self.encode_image(images, t, normalize=True), self.encode_text(tokens, True)
+        return image_features, text_features, self.logit_scale.exp()
 
     def encode_image(self, images, t=None, normalize=False):
         """images: [N, 3, S, S] on the diffusion's [-1, 1] scale, x_t at any noise level; t: [N] timesteps of the

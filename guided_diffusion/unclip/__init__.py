@@ -1,0 +1,1 @@
+"""DALL-E 2's decoder (unCLIP): a diffusion UNet conditioned on a CLIP image embedding (docs/clip.md)."""
