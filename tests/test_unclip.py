@@ -270,6 +270,20 @@ def test_train_then_sample_variations_and_an_interpolation_from_model_path_alone
                                            clip_model_path=copy / "model000000.pt"), tmp_path / "copied")
     assert "the same image encoder (fingerprints match)" in out.stdout + out.stderr
 
+    # --prompt: the zero embedding steered by CLIP guidance, by the decoder's (noise-aware) CLIP or any other
+    prompted = dict(common, guidance_scale=1.0, num_samples=3, clip_scale=50.0)
+    argv = [*sum(([f"--{k}", str(v)] for k, v in prompted.items()), []), "--prompt", "a red coat", "--prompt", "a dress"]
+    out = run_script("unclip_sample", argv, tmp_path / "prompted")
+    steered = np.load(tmp_path / "prompted" / "samples_3x8x8x3.npz")["arr_0"]
+    assert (tmp_path / "prompted" / "prompts.txt").read_text() == "a red coat\na dress\na red coat\n"
+    assert "noisy CLIP guidance" in out.stdout + out.stderr and (tmp_path / "prompted" / "prompts_grid.png").exists()
+    run_script("unclip_sample", [*argv, "--clip_scale", "0"], tmp_path / "unsteered")
+    plain = np.load(tmp_path / "unsteered" / "samples_3x8x8x3.npz")["arr_0"]
+    assert not np.array_equal(steered, plain)  # the guide moved the zero-embedding samples
+    refused = run_script("unclip_sample", [*argv, "--guidance_scale", "3"], tmp_path / "both", check=False)
+    assert refused.returncode == 2 and "--guidance_scale 3.0 guides toward an embedding" in refused.stderr
+    assert not (tmp_path / "both").exists()
+
 
 def test_sampling_inputs_are_refused_in_one_line(tmp_path):
     import importlib.util
@@ -286,7 +300,7 @@ def test_sampling_inputs_are_refused_in_one_line(tmp_path):
         with pytest.raises(UsageError, match=match):
             script.input_files(SimpleNamespace(**dict(options, **run)), interpolate)
 
-    refused("give one of --image_variations FOLDER or --interpolate A B")
+    refused("give one of --image_variations FOLDER, --interpolate A B or --prompt TEXT")
     refused("give one of", [a, a], image_variations=str(data))
     refused("--interpolate: .*nope.png is not a file", [a, str(tmp_path / "nope.png")])
     refused("--steps 1: an interpolation needs both ends, pass --steps 2", [a, a], steps=1)
