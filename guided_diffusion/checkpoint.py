@@ -110,13 +110,17 @@ def _unreadable_reason(data, exc):
 def load_checkpoint(model, path, return_state_dict=False, widen=False):
     """Load `path` into `model` strictly; raise CheckpointMismatchError naming the likely wrong flags.
     widen (fine-tuning from --init_checkpoint): a base text model's weights start an inpainting or
-    super-resolution one, its input layer widened (widen_input_channels, logged).
+    super-resolution one, its input layer widened (widen_input_channels, logged); a clean CLIP's start a
+    noise-aware one (clip.checkpoint.noise_aware_from_clean, logged).
 
     Returns the model, or with return_state_dict the file's state dict as read (its own dtypes, e.g.
     the float32 weights behind an fp16 model), widened where it was.
     """
     state_dict = read_state_dict(path)
     if widen:
+        from .clip.checkpoint import noise_aware_from_clean
+
+        state_dict = noise_aware_from_clean(state_dict, model, source=path)
         widened = widen_input_channels(state_dict, model, source=path)
         if widened is not state_dict:
             logger.log(f"{path}: a base model's input layer widened from {state_dict[INPUT_LAYER].shape[1]} to "

@@ -328,6 +328,26 @@ def test_the_script_resumes_exactly_and_its_checkpoint_loads_from_the_path_alone
                                                 result.stderr), result.stderr[-2000:]
 
 
+def test_a_clean_clip_starts_a_noise_aware_one_that_reads_every_t_as_the_clean_one_reads_images(tmp_path):
+    data = write_captioned(tmp_path / "data")
+    run_script("clip_train", script_flags(data, max_steps=1, clip_noise_aware=False), tmp_path / "clean")
+    start = tmp_path / "clean" / "model000001.pt"
+    # lr 0: the fine-tuned model after a step is the one the clean CLIP's weights started
+    tuned = run_script("clip_train", script_flags(data, max_steps=1, lr=0.0, init_checkpoint=start), tmp_path / "noisy")
+    assert "a clean CLIP starts this noise-aware one" in tuned.stdout + tuned.stderr
+    clean, noisy = load_clip(start), load_clip(tmp_path / "noisy" / "model000001.pt")
+    assert not clean.noise_aware and noisy.noise_aware and noisy.n_timesteps == STEPS
+    images = th.rand(3, 3, 16, 16, generator=th.Generator().manual_seed(0)) * 2 - 1
+    with th.no_grad():
+        expected = clean.encode_image(images)
+        for t in (0, 7, STEPS - 1):
+            assert th.allclose(noisy.encode_image(images, th.full((3,), t)), expected, atol=1e-6)
+    # the other way, a noise-aware CLIP for a clean one, is refused as any other flag change
+    back = script_flags(data, max_steps=1, clip_noise_aware=False, init_checkpoint=tmp_path / "noisy" / "model000001.pt")
+    result = run_script("clip_train", back, tmp_path / "back", check=False)
+    assert result.returncode == 2 and "was trained with --clip_noise_aware True, this run has False" in result.stderr
+
+
 DDP_CHECK = '''
 import sys
 sys.path.insert(0, {tests!r})

@@ -7,6 +7,7 @@ import blobfile as bf
 
 from ..checkpoint import check_state_dict_fits, read_state_dict
 from ..config import ClipModelConfig, DiffusionConfig
+from .. import logger
 from ..errors import UsageError
 from ..train_state import CONFIG_NAME, read_config
 from .encoders import ImageEncoder, TextEncoder
@@ -41,6 +42,24 @@ def check_clip_config(config):
     if config.clip_text_ctx < 3:
         raise UsageError(f"--clip_text_ctx {config.clip_text_ctx} leaves no room for a token between the start and "
                          "end tokens: pass 3 or more (CLIP's 77)")
+
+
+CLEAN_TOKEN, TIMESTEP_TOKENS = "image_encoder.blocks.input.pred_state", "image_encoder.blocks.input.w_t"
+
+
+def noise_aware_from_clean(state_dict, model, source="checkpoint"):
+    """A clean CLIP's state dict for a noise-aware NoisyCLIP (fine-tuning: --init_checkpoint of a clean CLIP with
+    --clip_noise_aware True): every row of the timestep embedding w_t [T, width] starts as the clean encoder's
+    first token pred_state [width], so at step 0 the model reads x_t at every t as the clean CLIP reads an image.
+    Any other state dict is returned as it is (the same object)."""
+    target = model.state_dict().get(TIMESTEP_TOKENS)
+    if target is None or CLEAN_TOKEN not in state_dict or TIMESTEP_TOKENS in state_dict:
+        return state_dict
+    adapted = {key: value for key, value in state_dict.items() if key != CLEAN_TOKEN}
+    adapted[TIMESTEP_TOKENS] = state_dict[CLEAN_TOKEN][None].expand_as(target).clone()
+    logger.log(f"{source}: a clean CLIP starts this noise-aware one, each of the {target.shape[0]} timestep "
+               "embeddings its first token pred_state (at step 0 the model reads x_t as the clean CLIP reads images)")
+    return adapted
 
 
 def run_flags(path):
