@@ -513,7 +513,7 @@ class ClipGuidanceConfig:
     clip_text_path: str = flag("", "GLIDE's clip_text_enc.pt, for a --clip_model_path clip_image_enc.pt (\"\": the "
                                "one beside it)")
     clip_scale: float = flag(-1.0, "scale of the CLIP gradient (-1: 3 for noisy guidance, GLIDE's; 1000 for clean, "
-                             "the CLIP-guided diffusion notebooks')")
+                             "the CLIP-guided diffusion notebooks'; 0: no guidance, the prompts still written)")
     clip_guidance: Literal["auto", "noisy", "clean"] = flag(
         "auto", "noisy: the similarity's gradient at x_t and t (a noise-aware CLIP, GLIDE's cond_fn); clean: the "
         "spherical distance of x0_hat's embedding, differentiated through the model; auto: noisy for a noise-aware "

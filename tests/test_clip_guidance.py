@@ -19,11 +19,12 @@ from guided_diffusion import glide, samplers
 from guided_diffusion.build import build_diffusion, build_unet
 from guided_diffusion.clip.checkpoint import build_clip
 from guided_diffusion.clip.guides import CleanCLIPGuidance, NoisyCLIPGuidance, OpenCLIPAdapter, spherical_distance
-from guided_diffusion.clip.load import glide_config, load_clip_model
+from guided_diffusion.clip.load import clip_prompts_of_flags, glide_config, load_clip_model
 from guided_diffusion.clip.openai_vit import OpenAIClip
-from guided_diffusion.config import ClipModelConfig, DiffusionConfig, ModelConfig, as_flags
+from guided_diffusion.config import ClipModelConfig, ClipSampleConfig, DiffusionConfig, ModelConfig, as_flags
 from guided_diffusion.errors import UsageError
 from guided_diffusion.guidance import ClassifierFreeGuidance, GuidedDenoiser
+from guided_diffusion.sample_seeds import SeededBatch
 from test_text_sample import save_run as save_text_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -433,6 +434,15 @@ def test_image_sample_with_clip_guidance(runs, tmp_path):
     # guide past assert_same_uint8_images's 1% of pixels, but never past one level; other crops move whole pixels)
     assert np.abs(samples(tmp_path / "clean2").astype(int) - samples(tmp_path / "clean1")).max() <= 1
     assert np.abs(samples(tmp_path / "clean2").astype(int) - samples(tmp_path / "plain")).max() > 0
+
+
+def test_clip_scale_0_is_plain_sampling_without_a_guide(runs):
+    shape, diffusion_config = (3, 16, 16), DiffusionConfig(diffusion_steps=STEPS, noise_schedule="cosine")
+    for scale, guides in ((0.0, 0), (1.0, 1)):
+        config = ClipSampleConfig(clip_model_path=str(runs["noisy"]), clip_scale=scale)
+        prompts = clip_prompts_of_flags(config, [PROMPTS[0]], shape, diffusion_config)
+        batch = SeededBatch(0, [0, 1])
+        assert len(prompts.guides(build_diffusion(diffusion_config), "cpu")(batch)) == guides
 
 
 def test_text_sample_with_clip_and_classifier_free_guidance(runs, tmp_path):

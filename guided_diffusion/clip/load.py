@@ -205,6 +205,8 @@ class ClipPrompts:
         random stream of the run's seed (so the images do not depend on the batch size)."""
         self.clip_model = self.clip_model.to(device)
         scale = self.config.clip_scale
+        if scale == 0:  # --clip_scale 0: plain sampling (the prompts still written), no gradient computed
+            return lambda batch: ()
         if self.kind == "noisy":
             guide = NoisyCLIPGuidance(self.clip_model, self.prompts, 3.0 if scale < 0 else scale, diffusion)
             return lambda batch: (guide.of(batch.indices),)
