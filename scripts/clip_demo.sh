@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CLIP demo: guidance and conditioning by an image-text model, on a CPU in about 15 minutes (a GPU is used when
+# The CLIP demo: guidance and conditioning by an image-text model, on a CPU in about 17 minutes (a GPU is used when
 # present). On the captioned colour Fashion-MNIST of the text demo ("a red sandal on a blue background") it trains
 # a clean CLIP, a noise-aware CLIP started from it, and DALL-E 2's decoder on the clean CLIP's image embeddings
 # (embedding dropout 0.2: the zero embedding is an unconditional model). Then it
