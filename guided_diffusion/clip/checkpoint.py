@@ -5,9 +5,9 @@ import dataclasses
 
 import blobfile as bf
 
-from ..checkpoint import check_state_dict_fits, read_state_dict
-from ..config import ClipModelConfig, DiffusionConfig
 from .. import logger
+from ..checkpoint import load_checkpoint
+from ..config import ClipModelConfig, DiffusionConfig
 from ..errors import UsageError
 from ..train_state import CONFIG_NAME, read_config
 from .encoders import ImageEncoder, TextEncoder
@@ -90,8 +90,5 @@ def load_clip(path, device="cpu"):
                          f"{CONFIG_NAME} that run wrote)")
     config = ClipModelConfig(**{name: flags[name] for name in CLIP_FLAGS})
     model = build_clip(config, flags.get("diffusion_steps", DiffusionConfig.diffusion_steps))
-    state_dict = read_state_dict(path)
-    check_state_dict_fits(model, state_dict, source=path)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval().to(device)
+    return load_checkpoint(model, path).eval().to(device)
 

@@ -168,11 +168,12 @@ def check_run(model_config, diffusion_config, train):
     flags = as_flags(model_config, diffusion_config)
     if train.resume_checkpoint:
         check_flags_of_run("resume_checkpoint", train.resume_checkpoint, flags, (*CLIP_FLAGS, *SCHEDULE_FLAGS))
-    if train.init_checkpoint:  # fine-tuning may change the schedule, not T of the timestep embedding; a clean CLIP
-        names = (*CLIP_FLAGS, "diffusion_steps")  # may start a noise-aware one (checkpoint.noise_aware_from_clean)
+    if train.init_checkpoint:  # fine-tuning may change the schedule, not T of the timestep embedding
+        names = (*CLIP_FLAGS, "diffusion_steps")
         saved = run_flags(train.init_checkpoint) if bf.exists(train.init_checkpoint) else None
         if saved is not None and not saved.get("clip_noise_aware", True) and model_config.clip_noise_aware:
-            names = tuple(name for name in CLIP_FLAGS if name != "clip_noise_aware")
+            # a clean CLIP (no T) may start a noise-aware one: checkpoint.noise_aware_from_clean
+            names = tuple(name for name in names if name not in ("clip_noise_aware", "diffusion_steps"))
         check_flags_of_run("init_checkpoint", train.init_checkpoint, flags, names)
     read_captions(list_image_files(train.data_dir))
 
